@@ -1,0 +1,29 @@
+# The two commands of the README, each creating/updating its own virtualenv in .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_WORKERS ?= 2
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## Run the worker (embedded PostgreSQL and console transports when nothing is configured).
+run: $(STAMP)
+	$(BIN)/flavor-worker run
+
+## Run the whole test suite (real PostgreSQL: TEST_DATABASE_URL, Docker, or embedded).
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""What an event becomes: routing, WhatsApp, email, in-app rows, inbound commands."""

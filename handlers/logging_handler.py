@@ -1,0 +1,23 @@
+"""A handler that only logs each event: the pipeline's default until routing is configured."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from handlers.contract import Event, Outcome
+
+log = structlog.get_logger(__name__)
+
+
+class LoggingHandler:
+    """Marks every event handled after one log line (no messages are sent)."""
+
+    async def prepare(self, events: Sequence[Event]) -> None:
+        return None
+
+    async def handle(self, event: Event, context: Any) -> Outcome:
+        log.info("event.handled", event_id=event.id, kind=event.kind, subject_id=event.subject_id)
+        return Outcome()

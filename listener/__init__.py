@@ -1,0 +1,1 @@
+"""The flavor-worker daemon: settings, logging, database access, event stream, claim loop, CLI."""

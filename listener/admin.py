@@ -1,0 +1,41 @@
+"""Operator commands on the outbox: list, show, retry. Plain reads and writes by named query."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from listener.queries import QUERIES
+
+
+def list_events(conninfo: str, status: str | None, limit: int) -> list[dict[str, Any]]:
+    with psycopg.connect(conninfo, row_factory=dict_row) as conn:
+        return conn.execute(QUERIES["list_events"], {"status": status, "limit": limit}).fetchall()
+
+
+def show_event(conninfo: str, event_id: int) -> dict[str, Any] | None:
+    """The event with its ledger rows, or None when there is no such event."""
+    with psycopg.connect(conninfo, row_factory=dict_row) as conn:
+        event = conn.execute(QUERIES["show_event"], {"id": event_id}).fetchone()
+        if event is not None:
+            event["deliveries"] = conn.execute(
+                QUERIES["event_deliveries"], {"id": event_id}
+            ).fetchall()
+        return event
+
+
+def retry_events(conninfo: str, event_id: int | None) -> list[int]:
+    """Requeue one finished event, or every failed one; returns the requeued ids.
+
+    The ledger is kept, so a requeued event only sends what was not sent before.
+    """
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        if event_id is None:
+            rows = conn.execute(QUERIES["retry_failed_events"]).fetchall()
+        else:
+            rows = conn.execute(QUERIES["retry_event"], {"id": event_id}).fetchall()
+        if rows:
+            conn.execute("SELECT pg_notify('worker_events', 'retry')")
+    return [row[0] for row in rows]

@@ -1,0 +1,85 @@
+"""`flavor-worker run`: wire the pool, the LISTEN stream and the claim loop into one process.
+
+Signals: SIGTERM/SIGINT stop claiming; in-flight events get SHUTDOWN_GRACE_SECONDS to finish,
+unfinished claims go back to pending, and the process exits 0 well inside Heroku's 30 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import psycopg
+import structlog
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from handlers.contract import EventHandler
+from handlers.logging_handler import LoggingHandler
+from listener.db import create_pool, redacted_target
+from listener.migrate import migrate, pending_migrations
+from listener.settings import Settings
+from listener.stream import EventStream
+from listener.worker import Worker
+
+log = structlog.get_logger(__name__)
+
+
+class SchemaBehindError(RuntimeError):
+    """The database lacks migrations this worker needs."""
+
+
+@retry(
+    retry=retry_if_exception_type(psycopg.OperationalError),
+    wait=wait_exponential_jitter(multiplier=0.5, max=5.0),
+    stop=stop_after_delay(60),
+    reraise=True,
+)
+def ensure_schema(conninfo: str, *, auto_migrate: bool) -> None:
+    """Refuse to start on an old schema (or migrate it, for the embedded database)."""
+    with psycopg.connect(conninfo, connect_timeout=5) as conn:
+        missing = pending_migrations(conn)
+    if not missing:
+        return
+    if not auto_migrate:
+        names = ", ".join(m.path.name for m in missing)
+        raise SchemaBehindError(f"database schema is behind ({names}); run `flavor-worker migrate`")
+    migrate(conninfo, reference_schema=True)
+
+
+def build_handler(settings: Settings) -> EventHandler:
+    """The handler the claim loop hands events to."""
+    return LoggingHandler()
+
+
+async def run_daemon(settings: Settings, conninfo: str) -> None:
+    """Run until SIGTERM/SIGINT; return after a graceful shutdown."""
+    pool = create_pool(conninfo, settings.db_pool_max_size)
+    await pool.open(wait=False)
+    worker = Worker(pool, build_handler(settings), settings)
+    stream = EventStream(conninfo, worker.wake, ping_seconds=max(1.0, settings.poll_interval_seconds))
+    structlog.contextvars.bind_contextvars(worker_id=worker.worker_id)
+    log.info("daemon.starting", database=redacted_target(conninfo))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    stream_task = asyncio.create_task(stream.run(), name="listener")
+    worker_task = asyncio.create_task(worker.run(), name="worker")
+    stop_task = asyncio.create_task(stop.wait(), name="stop-signal")
+    try:
+        await asyncio.wait({worker_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        log.info("daemon.stopping")
+        worker.stop()
+        await worker_task
+    finally:
+        for task in (stream_task, stop_task):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stream_task
+        await pool.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        log.info("daemon.stopped")

@@ -1,0 +1,69 @@
+"""Connections: the work pool, the dedicated LISTEN connection, and the database URL itself.
+
+Without DATABASE_URL the worker starts an embedded PostgreSQL in a local data folder, so the
+zero-configuration run and the demo need nothing but Python.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import structlog
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from listener.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+#: TCP keepalives so a silently dead network path is noticed in seconds, not hours.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+
+
+def with_keepalives(conninfo: str) -> str:
+    """Add keepalives unless the URL chose its own, and only for TCP (not unix sockets)."""
+    params = conninfo_to_dict(conninfo)
+    host = str(params.get("host") or "")
+    if host.startswith("/"):
+        return make_conninfo(conninfo)
+    extra = {k: v for k, v in KEEPALIVES.items() if k not in params}
+    return make_conninfo(conninfo, application_name="flavor-worker", **extra)
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """DATABASE_URL when set, else the embedded server (started on first use)."""
+    if settings.database_url:
+        return settings.database_url
+    from listener.embedded import start_embedded_server
+
+    return start_embedded_server(Path(settings.embedded_data_dir))
+
+
+def redacted_target(conninfo: str) -> str:
+    """host:port/dbname of a conninfo, for logs; never the user's password."""
+    params = conninfo_to_dict(conninfo)
+    return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+
+
+def create_pool(conninfo: str, max_size: int) -> AsyncConnectionPool:
+    """The pool the claim loop, the ledger and the jobs share (autocommit; explicit transactions)."""
+    return AsyncConnectionPool(
+        with_keepalives(conninfo),
+        min_size=2,
+        max_size=max(2, max_size),
+        kwargs={"autocommit": True},
+        check=AsyncConnectionPool.check_connection,
+        open=False,
+        name="flavor-worker",
+    )
+
+
+async def connect_listener(conninfo: str) -> psycopg.AsyncConnection:
+    """A dedicated autocommit connection for LISTEN (never taken from the pool)."""
+    return await psycopg.AsyncConnection.connect(with_keepalives(conninfo), autocommit=True)

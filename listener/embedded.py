@@ -1,0 +1,31 @@
+"""The embedded PostgreSQL used when no DATABASE_URL is given (demo, first run, bench).
+
+It is the `pgserver` wheel's own server binaries in a local data folder: nothing to install,
+and it works as root too (pgserver then runs the server as an unprivileged system user).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def start_embedded_server(data_dir: Path) -> str:
+    """Start (or reuse) the server in `data_dir` and return its connection string.
+
+    The server stays up while any process that asked for it lives, and stops after the last.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        data_dir = data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    uri = server.get_uri()
+    log.info("database.embedded_started", data_dir=str(data_dir))
+    return uri

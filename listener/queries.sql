@@ -1,0 +1,141 @@
+-- Every query the daemon runs, each under a `-- name: <name>` header with a one-line purpose.
+-- Python calls them by name (listener.queries.QUERIES["claim_batch"]); parameters are
+-- psycopg named placeholders, never string-built values.
+
+-- name: claim_batch
+-- Claim up to %(limit)s due events, oldest first; an event waits while an older one of its subject is open.
+WITH picked AS (
+    SELECT e.id
+    FROM worker.events e
+    WHERE e.status = 'pending'
+      AND e.run_at <= now()
+      AND NOT EXISTS (
+          SELECT 1 FROM worker.events older
+          WHERE older.subject_id = e.subject_id
+            AND older.id < e.id
+            AND older.status IN ('pending', 'processing'))
+    ORDER BY e.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE worker.events e
+SET status = 'processing', attempts = e.attempts + 1,
+    locked_by = %(worker_id)s, locked_at = now(), updated_at = now()
+FROM picked
+WHERE e.id = picked.id
+RETURNING e.id, e.kind, e.subject_id, e.payload, e.attempts, e.expires_at, e.created_at;
+
+-- name: complete_events
+-- Record the outcome of a batch of claimed events in one statement (done, retry, failed, expired).
+UPDATE worker.events e
+SET status = o.status,
+    run_at = CASE WHEN o.status = 'pending' THEN now() + make_interval(secs => o.delay)
+                  ELSE e.run_at END,
+    attempts = CASE WHEN o.released THEN e.attempts - 1 ELSE e.attempts END,
+    last_error = coalesce(o.last_error, e.last_error),
+    payload = coalesce(o.payload, e.payload),
+    locked_by = NULL, locked_at = NULL, updated_at = now(),
+    finished_at = CASE WHEN o.status IN ('done', 'failed', 'expired') THEN now() END
+FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(delays)s::float8[],
+            %(errors)s::text[], %(payloads)s::jsonb[], %(released)s::boolean[])
+     AS o(id, status, delay, last_error, payload, released)
+WHERE e.id = o.id AND e.status = 'processing' AND e.locked_by = %(worker_id)s;
+
+-- name: record_deliveries
+-- Upsert the ledger rows of a batch; a retried delivery keeps its row and counts the attempt.
+INSERT INTO worker.deliveries AS d
+    (event_id, channel, recipient, recipient_role, template, status,
+     provider_message_id, error_code, error_message, sent_at)
+SELECT r.event_id, r.channel, r.recipient, r.recipient_role, r.template, r.status,
+       r.provider_message_id, r.error_code, r.error_message,
+       CASE WHEN r.status IN ('sent', 'simulated') THEN now() END
+FROM unnest(%(event_ids)s::bigint[], %(channels)s::text[], %(recipients)s::text[],
+            %(roles)s::text[], %(templates)s::text[], %(statuses)s::text[],
+            %(message_ids)s::text[], %(error_codes)s::text[], %(error_messages)s::text[])
+     AS r(event_id, channel, recipient, recipient_role, template, status,
+          provider_message_id, error_code, error_message)
+ON CONFLICT (event_id, channel, recipient) DO UPDATE
+SET status = EXCLUDED.status,
+    provider_message_id = coalesce(EXCLUDED.provider_message_id, d.provider_message_id),
+    error_code = EXCLUDED.error_code,
+    error_message = EXCLUDED.error_message,
+    attempts = d.attempts + 1,
+    sent_at = coalesce(EXCLUDED.sent_at, d.sent_at),
+    updated_at = now();
+
+-- name: heartbeat
+-- Announce this worker, or keep its claims alive (re-adding it after a long disconnect).
+INSERT INTO worker.workers (id, hostname, pid)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+
+-- name: release_dead_claims
+-- Return to pending the events held by workers whose heartbeat stopped %(stale_seconds)s ago.
+UPDATE worker.events e
+SET status = 'pending', locked_by = NULL, locked_at = NULL, updated_at = now(),
+    last_error = coalesce(e.last_error, 'released: worker ' || e.locked_by || ' stopped')
+WHERE e.status = 'processing'
+  AND NOT EXISTS (
+      SELECT 1 FROM worker.workers w
+      WHERE w.id = e.locked_by
+        AND w.heartbeat_at > now() - make_interval(secs => %(stale_seconds)s))
+RETURNING e.id, e.kind, e.locked_by;
+
+-- name: forget_dead_workers
+-- Drop the registry rows of workers silent for much longer than the stale threshold.
+DELETE FROM worker.workers
+WHERE heartbeat_at < now() - make_interval(secs => %(stale_seconds)s * 30);
+
+-- name: expire_pending
+-- Pending events past their expiry are no longer worth sending.
+UPDATE worker.events
+SET status = 'expired', finished_at = now(), updated_at = now(),
+    last_error = coalesce(last_error, 'expired before delivery')
+WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at < now()
+RETURNING id, kind;
+
+-- name: unregister_worker
+-- A clean shutdown removes the worker from the registry.
+DELETE FROM worker.workers WHERE id = %(worker_id)s;
+
+-- name: list_events
+-- Newest events first, optionally of one status.
+SELECT id, kind, subject_id, status, attempts, run_at, created_at, last_error
+FROM worker.events
+WHERE %(status)s::text IS NULL OR status = %(status)s::text
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: show_event
+-- One event with its payload.
+SELECT id, kind, subject_id, payload, dedup_key, status, attempts, run_at, expires_at,
+       locked_by, locked_at, last_error, created_at, updated_at, finished_at
+FROM worker.events WHERE id = %(id)s;
+
+-- name: event_deliveries
+-- The ledger rows of one event.
+SELECT channel, recipient_role, recipient, template, status, provider_message_id,
+       error_code, error_message, attempts, sent_at, updated_at
+FROM worker.deliveries WHERE event_id = %(id)s ORDER BY id;
+
+-- name: retry_event
+-- Put one finished (failed, expired or done) event back in the queue, now.
+UPDATE worker.events
+SET status = 'pending', run_at = now(), attempts = 0, locked_by = NULL, locked_at = NULL,
+    finished_at = NULL, updated_at = now()
+WHERE id = %(id)s AND status IN ('failed', 'expired', 'done')
+RETURNING id;
+
+-- name: retry_failed_events
+-- Put every failed event back in the queue, now.
+UPDATE worker.events
+SET status = 'pending', run_at = now(), attempts = 0, finished_at = NULL, updated_at = now()
+WHERE status = 'failed'
+RETURNING id;
+
+-- name: queue_stats
+-- Pending depth and age of the oldest due pending event (health and metrics).
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM now() - min(run_at)), 0)::float8 AS oldest_pending_seconds
+FROM worker.events
+WHERE status = 'pending' AND run_at <= now();

@@ -1,0 +1,155 @@
+"""Every setting of the worker, read from the environment and `.env`.
+
+One class, so a reader finds where a knob comes from in one place. The seed's names
+(TWILIO_*, RESEND_API_KEY, ADMIN_*, FROM_EMAIL, CRON_SECRET, NEXT_PUBLIC_APP_URL) are kept
+as they are so an existing deployment's config vars carry over unchanged.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import cached_property
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Exit code for a configuration error (as `sysexits` EX_USAGE-ish; 1 stays "runtime failure").
+CONFIG_ERROR_EXIT = 2
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """The worker's configuration. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- database -----------------------------------------------------------------------
+    database_url: str | None = None
+    embedded_data_dir: str = ".data/postgres"
+
+    # --- logging ------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    # --- the claim loop -----------------------------------------------------------------
+    worker_concurrency: PositiveInt = 50
+    claim_batch_size: PositiveInt = 200
+    poll_interval_seconds: PositiveFloat = 2.0
+    heartbeat_seconds: PositiveFloat = 2.0
+    stale_after_seconds: PositiveFloat = 10.0
+    max_attempts: PositiveInt = 10
+    retry_base_seconds: PositiveFloat = 2.0
+    retry_max_seconds: PositiveFloat = 3600.0
+    shutdown_grace_seconds: PositiveFloat = 20.0
+    db_pool_max_size: PositiveInt = 8
+
+    # --- Twilio / WhatsApp (seed names) -------------------------------------------------
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_whatsapp_number: str | None = None
+    admin_whatsapp: str | None = None
+    twilio_api_base_url: str | None = None
+    twilio_status_callback_url: str | None = None
+    twilio_rate_per_second: PositiveFloat = 50.0
+    #: JSON object: message kind -> Twilio Content SID (approved WhatsApp template).
+    whatsapp_content_templates: dict[str, str] = Field(default_factory=dict)
+    default_phone_region: str = "AU"
+
+    # --- Resend / email (seed names) ----------------------------------------------------
+    resend_api_key: SecretStr | None = None
+    admin_email: str | None = None
+    from_email: str = "bookings@flavorentertainers.com.au"
+    resend_api_url: str | None = None
+    resend_rate_per_second: PositiveFloat = 2.0
+    provider_timeout_seconds: PositiveFloat = 10.0
+
+    # --- app ----------------------------------------------------------------------------
+    next_public_app_url: str = "http://localhost:3000"
+    cron_secret: SecretStr | None = None
+
+    # --- scheduler ----------------------------------------------------------------------
+    scheduler_enabled: bool = True
+    cleanup_schedule: str = "0 2 * * *"
+    reminder_schedule: str = "0 * * * *"
+    scheduler_timezone: str = "UTC"
+    misfire_grace_seconds: PositiveInt = 3600
+    stale_booking_hours: PositiveFloat = 24.0
+    notification_retention_days: PositiveInt = 30
+    audit_log_retention_days: PositiveInt = 90
+    critical_audit_categories: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["security", "fraud", "dispute"]
+    )
+    booking_reminder_hours: PositiveFloat = 24.0
+    payment_reminder_days: PositiveFloat = 3.0
+    worker_retention_days: PositiveInt = 14
+    cleanup_batch_size: PositiveInt = 1000
+
+    # --- HTTP surface -------------------------------------------------------------------
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    webhook_base_url: str | None = None
+    health_max_pending_age_seconds: PositiveFloat = 300.0
+
+    @field_validator("critical_audit_categories", mode="before")
+    @classmethod
+    def _split_categories(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("scheduler_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("cleanup_schedule", "reminder_schedule")
+    @classmethod
+    def _valid_crontab(cls, value: str) -> str:
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f"not a crontab expression ({exc})") from exc
+        return value
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _region_upper(cls, value: str) -> str:
+        return value.upper()
+
+    @cached_property
+    def twilio_configured(self) -> bool:
+        """WhatsApp goes to Twilio only with a full set of credentials; else the console."""
+        return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_whatsapp_number)
+
+    @cached_property
+    def resend_configured(self) -> bool:
+        return self.resend_api_key is not None and bool(self.resend_api_key.get_secret_value())
+
+
+def describe_validation_error(error: ValidationError) -> list[str]:
+    """One line per bad variable, naming it; the offending value only for non-secrets."""
+    lines = []
+    for item in error.errors():
+        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
+        secret = any(word in name for word in ("TOKEN", "KEY", "SECRET", "PASSWORD", "URL"))
+        shown = "" if secret or "input" not in item else f" (got {item['input']!r})"
+        lines.append(f"configuration error: {name}: {item['msg']}{shown}")
+    return lines
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings or exit with code 2 and one readable line per problem."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        for line in describe_validation_error(error):
+            print(line, file=sys.stderr)
+        raise SystemExit(CONFIG_ERROR_EXIT) from None

@@ -1,0 +1,353 @@
+"""The claim loop: claim due events in batches, hand them to the handler, record outcomes.
+
+Shape of one worker process:
+
+* the claim loop waits for a wake-up (NOTIFY, the poll timer, or freed capacity), then claims
+  as many events as it has free slots (at most WORKER_CONCURRENCY in flight);
+* each claimed event runs as its own task; its outcome goes to a buffer;
+* the flusher writes the buffered ledger rows and event outcomes in one transaction of two
+  statements, however many events finished meanwhile;
+* the heartbeat keeps this worker's claims alive and frees the claims of dead workers, so a
+  `kill -9` costs other events at most STALE_AFTER_SECONDS plus one heartbeat.
+
+The handler never learns how events are claimed; this module never learns what a message says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from handlers.contract import (
+    DeliveryRecord,
+    Event,
+    EventHandler,
+    Outcome,
+    TransientDeliveryError,
+)
+from listener.backoff import retry_delay
+from listener.metrics import METRICS
+from listener.queries import QUERIES
+from listener.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def new_worker_id() -> str:
+    """`<dyno or host>-<pid>-<random>`: readable in logs, unique across restarts."""
+    host = os.environ.get("DYNO") or os.environ.get("FLY_MACHINE_ID") or socket.gethostname()
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(slots=True)
+class Completion:
+    """A finished event waiting for the flusher."""
+
+    event: Event
+    status: str  # done | pending (retry) | failed | expired
+    delay: float = 0.0
+    error: str | None = None
+    payload: dict[str, Any] | None = None
+    deliveries: tuple[DeliveryRecord, ...] = ()
+    released: bool = False
+
+
+class Worker:
+    """One consumer of worker.events; several may run against one database."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        handler: EventHandler,
+        settings: Settings,
+        worker_id: str | None = None,
+    ) -> None:
+        self.pool = pool
+        self.handler = handler
+        self.settings = settings
+        self.worker_id = worker_id or new_worker_id()
+        self.wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._completions: list[Completion] = []
+        self._flush_needed = asyncio.Event()
+        self._closing = False
+        self._log = log.bind(worker_id=self.worker_id)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        """Claim and handle events until `stop()` is called, then shut down gracefully."""
+        await self._heartbeat_once(log_errors=True)
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat")
+        flusher = asyncio.create_task(self._flush_loop(), name="worker-flush")
+        self._log.info("worker.started", concurrency=self.settings.worker_concurrency)
+        try:
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            heartbeat.cancel()
+            # The flusher is not cancelled mid-write: it is told to finish what is buffered.
+            self._closing = True
+            self._flush_needed.set()
+            await asyncio.gather(heartbeat, flusher, return_exceptions=True)
+            with contextlib.suppress(psycopg.Error):
+                async with self.pool.connection() as conn:
+                    await conn.execute(QUERIES["unregister_worker"], {"worker_id": self.worker_id})
+            self._log.info("worker.stopped")
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight events finish (bounded by SHUTDOWN_GRACE_SECONDS)."""
+        self._stopping.set()
+        self.wake.set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    # ------------------------------------------------------------------ claiming
+    async def _claim_loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.settings.poll_interval_seconds)
+            self.wake.clear()
+            while not self._stopping.is_set():
+                free = self.settings.worker_concurrency - len(self._inflight)
+                if free <= 0:
+                    break  # a flush frees slots and wakes us
+                try:
+                    claimed = await self._claim(min(free, self.settings.claim_batch_size))
+                    failures = 0
+                except psycopg.Error as exc:
+                    failures += 1
+                    self._log.warning("worker.claim_failed", error=str(exc), failures=failures)
+                    await self._pause(min(5.0, 0.1 * 2**failures))
+                    break
+                if not claimed:
+                    break
+                await self._start(claimed)
+
+    async def _claim(self, limit: int) -> list[Event]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                QUERIES["claim_batch"], {"limit": limit, "worker_id": self.worker_id}, prepare=True
+            )
+            rows = await cur.fetchall()
+        events = [Event(*row) for row in rows]
+        for event in events:
+            METRICS.events_claimed.labels(kind=event.kind).inc()
+        if events:
+            self._log.debug("event.claimed_batch", count=len(events))
+        return events
+
+    async def _start(self, events: list[Event]) -> None:
+        try:
+            context = await self.handler.prepare(events)
+        except Exception as exc:  # the batch's data could not be loaded: retry them all later
+            self._log.warning("worker.prepare_failed", error=str(exc), count=len(events))
+            for event in events:
+                self._complete(event, Outcome(error=TransientDeliveryError(f"prepare: {exc}")))
+            return
+        now = datetime.now(UTC)
+        for event in events:
+            if event.expires_at is not None and event.expires_at <= now:
+                self._complete(event, Outcome(), status="expired")
+                continue
+            self._inflight[event.id] = asyncio.create_task(
+                self._handle(event, context), name=f"event-{event.id}"
+            )
+
+    async def _handle(self, event: Event, context: Any) -> None:
+        bound = self._log.bind(event_id=event.id, kind=event.kind, subject_id=event.subject_id)
+        bound.debug("event.claimed", attempt=event.attempts)
+        try:
+            outcome = await self.handler.handle(event, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a handler bug must not kill the daemon; retry it later
+            bound.exception("event.handler_crashed")
+            outcome = Outcome(error=TransientDeliveryError(f"{type(exc).__name__}: {exc}"))
+        self._complete(event, outcome)
+
+    # ------------------------------------------------------------------ outcomes
+    def _complete(self, event: Event, outcome: Outcome, status: str | None = None) -> None:
+        """Turn a handler's outcome into the event's next state, then queue it for the flusher."""
+        bound = self._log.bind(event_id=event.id, kind=event.kind, subject_id=event.subject_id)
+        error = outcome.error
+        if status == "expired":
+            completion = Completion(event, "expired", error="expired before delivery")
+            bound.info("event.expired")
+            METRICS.events_expired.labels(kind=event.kind).inc()
+        elif error is None:
+            completion = Completion(event, "done")
+            bound.info("event.done", deliveries=len(outcome.deliveries))
+            METRICS.events_done.labels(kind=event.kind).inc()
+        elif isinstance(error, TransientDeliveryError) and event.attempts < self.settings.max_attempts:
+            delay = retry_delay(
+                event.attempts,
+                base=self.settings.retry_base_seconds,
+                cap=self.settings.retry_max_seconds,
+                retry_after=error.retry_after,
+            )
+            completion = Completion(event, "pending", delay=delay, error=str(error))
+            bound.warning("event.retry", attempt=event.attempts, delay_s=round(delay, 3), error=str(error))
+            METRICS.events_retried.labels(kind=event.kind).inc()
+        else:
+            reason = str(error)
+            if isinstance(error, TransientDeliveryError):
+                reason = f"gave up after {event.attempts} attempts: {reason}"
+            completion = Completion(event, "failed", error=reason)
+            bound.error("event.failed", attempt=event.attempts, error=reason)
+            METRICS.events_failed.labels(kind=event.kind).inc()
+        completion.payload = outcome.payload
+        completion.deliveries = tuple(outcome.deliveries)
+        self._completions.append(completion)
+        self._flush_needed.set()
+
+    async def _flush_loop(self) -> None:
+        failures = 0
+        while True:
+            await self._flush_needed.wait()
+            self._flush_needed.clear()
+            if await self._flush():
+                failures = 0
+            else:
+                failures += 1
+                if self._closing and failures >= 3:
+                    # Unwritten outcomes stay `processing` under our id; another worker's
+                    # heartbeat returns them to pending once ours stops.
+                    return
+                await asyncio.sleep(min(5.0, 0.2 * 2**failures))
+                self._flush_needed.set()
+            if self._closing and not self._completions:
+                return
+
+    async def _flush(self) -> bool:
+        """Write buffered outcomes; on a database error keep them for the next try."""
+        batch, self._completions = self._completions, []
+        if not batch:
+            return True
+        try:
+            await self._write(batch)
+        except psycopg.Error as exc:
+            self._completions[:0] = batch
+            self._log.warning("worker.flush_failed", error=str(exc), count=len(batch))
+            return False
+        for completion in batch:
+            self._inflight.pop(completion.event.id, None)
+        self.wake.set()
+        return True
+
+    async def _write(self, batch: list[Completion]) -> None:
+        deliveries = [(c.event.id, d) for c in batch for d in c.deliveries]
+        async with self.pool.connection() as conn, conn.transaction():
+            if deliveries:
+                await conn.execute(
+                    QUERIES["record_deliveries"], _delivery_columns(deliveries), prepare=True
+                )
+            await conn.execute(
+                QUERIES["complete_events"],
+                {
+                    "ids": [c.event.id for c in batch],
+                    "statuses": [c.status for c in batch],
+                    "delays": [c.delay for c in batch],
+                    "errors": [c.error for c in batch],
+                    "payloads": [Jsonb(c.payload) if c.payload is not None else None for c in batch],
+                    "released": [c.released for c in batch],
+                    "worker_id": self.worker_id,
+                },
+                prepare=True,
+            )
+
+    # ------------------------------------------------------------------ shutdown
+    async def _drain(self) -> None:
+        """Let in-flight events finish within the grace period; release the rest unhandled."""
+        tasks = list(self._inflight.values())
+        if tasks:
+            self._log.info("worker.draining", inflight=len(tasks))
+            _, unfinished = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+        finished = {c.event.id for c in self._completions}
+        leftover = [eid for eid in self._inflight if eid not in finished]
+        if leftover:
+            self._log.warning("worker.released_unfinished", count=len(leftover))
+            await self._release(leftover)
+
+    async def _release(self, event_ids: Iterable[int]) -> None:
+        ids = list(event_ids)
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                QUERIES["complete_events"],
+                {
+                    "ids": ids,
+                    "statuses": ["pending"] * len(ids),
+                    "delays": [0.0] * len(ids),
+                    "errors": [None] * len(ids),
+                    "payloads": [None] * len(ids),
+                    "released": [True] * len(ids),
+                    "worker_id": self.worker_id,
+                },
+            )
+        for event_id in ids:
+            self._inflight.pop(event_id, None)
+
+    # ------------------------------------------------------------------ liveness
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            await self._heartbeat_once(log_errors=True)
+
+    async def _heartbeat_once(self, log_errors: bool) -> None:
+        """Refresh our heartbeat, free dead workers' claims and expire stale pending events."""
+        params = {"worker_id": self.worker_id, "hostname": socket.gethostname(), "pid": os.getpid()}
+        stale = {"stale_seconds": self.settings.stale_after_seconds}
+        try:
+            async with self.pool.connection() as conn:
+                await conn.execute(QUERIES["heartbeat"], params)
+                released = await (await conn.execute(QUERIES["release_dead_claims"], stale)).fetchall()
+                expired = await (await conn.execute(QUERIES["expire_pending"])).fetchall()
+                await conn.execute(QUERIES["forget_dead_workers"], stale)
+        except psycopg.Error as exc:
+            if log_errors:
+                self._log.warning("worker.heartbeat_failed", error=str(exc))
+            return
+        for event_id, kind, dead_worker in released:
+            self._log.warning("event.released", event_id=event_id, kind=kind, dead_worker=dead_worker)
+        for event_id, kind in expired:
+            self._log.info("event.expired", event_id=event_id, kind=kind)
+            METRICS.events_expired.labels(kind=kind).inc()
+        if released:
+            self.wake.set()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def _delivery_columns(rows: list[tuple[int, DeliveryRecord]]) -> dict[str, list[Any]]:
+    """Column arrays for the ledger upsert (one statement per batch, via unnest)."""
+    return {
+        "event_ids": [eid for eid, _ in rows],
+        "channels": [d.channel for _, d in rows],
+        "recipients": [d.recipient for _, d in rows],
+        "roles": [d.recipient_role for _, d in rows],
+        "templates": [d.template for _, d in rows],
+        "statuses": [d.status for _, d in rows],
+        "message_ids": [d.provider_message_id for _, d in rows],
+        "error_codes": [d.error_code for _, d in rows],
+        "error_messages": [d.error_message for _, d in rows],
+    }

@@ -1,0 +1,92 @@
+"""Fault tests against the real daemon process: kill -9, killed backends, server restart, SIGTERM."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from tests.appdata import add_booking, add_client, add_performer, status_counts
+from tests.pgharness import PrivateServer
+from tests.waiting import wait_until
+
+
+def seed(conn: psycopg.Connection, count: int) -> None:
+    client, performer = add_client(conn), add_performer(conn)
+    with conn.transaction():
+        for _ in range(count):
+            add_booking(conn, client, performer)
+
+
+def all_done(conn: psycopg.Connection, total: int):
+    def check() -> bool:
+        return status_counts(conn).get("done", 0) == total
+
+    return check
+
+
+def test_kill_9_mid_backlog_then_new_worker_finishes_everything(db: psycopg.Connection, db_url: str, spawn_worker) -> None:
+    seed(db, 2000)
+    first = spawn_worker(db_url, WORKER_CONCURRENCY="20", CLAIM_BATCH_SIZE="20")
+    wait_until(lambda: status_counts(db).get("processing", 0) > 0, timeout=30, interval=0.002,
+               message="first worker holding claims")
+    first.kill()
+    held = status_counts(db).get("processing", 0)
+
+    second = spawn_worker(db_url)
+    wait_until(all_done(db, 2000), timeout=60, message="all 2000 events done")
+    assert status_counts(db) == {"done": 2000}
+    if held:
+        assert second.events_logged("event.released"), "the dead worker's claims were freed"
+    assert second.terminate() == 0
+
+
+def test_killed_listen_backend_reconnects_and_catches_up(db: psycopg.Connection, db_url: str, spawn_worker) -> None:
+    worker = spawn_worker(db_url, POLL_INTERVAL_SECONDS="30")
+    wait_until(lambda: worker.events_logged("listener.connected"), message="listener connected")
+    seed(db, 1)
+    wait_until(all_done(db, 1), timeout=10)
+
+    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               "WHERE datname = current_database() AND query LIKE '%worker_events%' AND pid <> pg_backend_pid()")
+    seed(db, 5)  # written while the listener is down or reconnecting
+    wait_until(lambda: worker.events_logged("listener.reconnected"), timeout=20, message="reconnected")
+    wait_until(all_done(db, 6), timeout=20, message="events written meanwhile processed")
+    assert worker.terminate() == 0
+
+
+def test_postgres_restart_under_a_running_worker(private_server: PrivateServer, spawn_worker) -> None:
+    worker = spawn_worker(private_server.conninfo)
+    wait_until(lambda: worker.events_logged("listener.connected"), message="listener connected")
+    with psycopg.connect(private_server.conninfo, autocommit=True) as conn:
+        seed(conn, 10)
+        wait_until(all_done(conn, 10), timeout=20)
+
+    private_server.restart()
+
+    with psycopg.connect(private_server.conninfo, autocommit=True) as conn:
+        seed(conn, 10)
+        wait_until(lambda: worker.events_logged("listener.reconnected"), timeout=30, message="reconnected")
+        wait_until(all_done(conn, 20), timeout=30, message="post-restart events processed")
+    assert worker.proc.poll() is None
+    assert worker.terminate() == 0
+
+
+def test_sigterm_exits_zero_in_time_with_nothing_processing(db: psycopg.Connection, db_url: str, spawn_worker) -> None:
+    worker = spawn_worker(db_url)
+    wait_until(lambda: worker.events_logged("worker.started"), message="worker started")
+    seed(db, 500)
+    started = time.monotonic()
+    code = worker.terminate(timeout=30)
+    assert code == 0
+    assert time.monotonic() - started < 25
+    counts = status_counts(db)
+    assert counts.get("processing", 0) == 0
+    assert worker.events_logged("daemon.stopped")
+
+
+def test_worker_refuses_an_unmigrated_database(empty_db_url: str, spawn_worker) -> None:
+    worker = spawn_worker(empty_db_url)
+    assert worker.proc.wait(30) == 1
+    [line] = worker.events_logged("daemon.cannot_start")
+    assert "flavor-worker migrate" in line["error"]

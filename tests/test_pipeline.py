@@ -1,0 +1,232 @@
+"""The claim loop in-process against a real database: ordering, retries, failures, expiry.
+
+The handler here is a scripted implementation of the handler interface (the pipeline's
+contract), not a stand-in for any of our functions: it lets each test choose an outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+from handlers.contract import (
+    DeliveryRecord,
+    Event,
+    Outcome,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from listener.db import create_pool
+from listener.settings import Settings
+from listener.stream import EventStream
+from listener.worker import Worker
+from tests.appdata import add_client, add_performer, add_booking, events, status_counts
+from tests.waiting import async_wait_until
+
+
+class ScriptedHandler:
+    def __init__(self, script: Callable[[Event], Outcome] | None = None, delay: float = 0.0) -> None:
+        self.script = script or (lambda event: Outcome())
+        self.delay = delay
+        self.handled: list[Event] = []
+        self.running = 0
+        self.max_running = 0
+        self.per_subject: dict[str | None, list[int]] = defaultdict(list)
+
+    async def prepare(self, events: Sequence[Event]) -> None:
+        return None
+
+    async def handle(self, event: Event, context: Any) -> Outcome:
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            await asyncio.sleep(self.delay)
+            self.handled.append(event)
+            self.per_subject[event.subject_id].append(event.id)
+            return self.script(event)
+        finally:
+            self.running -= 1
+
+
+def fast_settings(db_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": db_url,
+        "poll_interval_seconds": 0.2,
+        "heartbeat_seconds": 0.5,
+        "stale_after_seconds": 3,
+        "retry_base_seconds": 0.05,
+        "retry_max_seconds": 0.2,
+        "worker_concurrency": 8,
+        "scheduler_enabled": False,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)
+
+
+class Running:
+    """A worker with its LISTEN stream, running in this loop until the block ends."""
+
+    def __init__(self, db_url: str, handler: Any, **overrides: Any) -> None:
+        self.settings = fast_settings(db_url, **overrides)
+        self.pool = create_pool(db_url, 4)
+        self.worker = Worker(self.pool, handler, self.settings)
+        self.stream = EventStream(db_url, self.worker.wake, ping_seconds=1)
+
+    async def __aenter__(self) -> Running:
+        await self.pool.open()
+        self.tasks = [asyncio.create_task(self.stream.run()), asyncio.create_task(self.worker.run())]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.worker.stop()
+        await asyncio.wait_for(self.tasks[1], 30)
+        self.tasks[0].cancel()
+        await asyncio.gather(self.tasks[0], return_exceptions=True)
+        await self.pool.close()
+
+
+async def wait_all_finished(db: psycopg.Connection, total: int, timeout: float = 30) -> dict[str, int]:
+    async def finished() -> dict[str, int] | None:
+        c = status_counts(db)
+        done = c.get("done", 0) + c.get("failed", 0) + c.get("expired", 0)
+        return c if done == total else None
+
+    return await async_wait_until(finished, timeout=timeout, message=f"{total} events finished")
+
+
+def seed_bookings(db: psycopg.Connection, count: int) -> None:
+    client, performer = add_client(db), add_performer(db)
+    for _ in range(count):
+        add_booking(db, client, performer)
+
+
+async def test_backlog_present_at_startup_is_processed(db: psycopg.Connection, db_url: str) -> None:
+    seed_bookings(db, 300)
+    handler = ScriptedHandler()
+    async with Running(db_url, handler):
+        final = await wait_all_finished(db, 300)
+    assert final == {"done": 300}
+    assert sorted(e.id for e in handler.handled) == [e["id"] for e in events(db)]
+
+
+async def test_events_written_while_running_are_woken_by_notify(db: psycopg.Connection, db_url: str) -> None:
+    handler = ScriptedHandler()
+    # A long poll interval: only NOTIFY can make this fast.
+    async with Running(db_url, handler, poll_interval_seconds=30) as running:
+        await async_wait_until(_connected(running.stream), timeout=5, message="LISTEN connection up")
+        seed_bookings(db, 5)
+        await wait_all_finished(db, 5, timeout=5)
+
+
+def _connected(stream: EventStream) -> Callable[[], Any]:
+    async def check() -> bool:
+        return stream.connected
+
+    return check
+
+
+async def test_per_subject_order_is_kept_with_concurrency(db: psycopg.Connection, db_url: str) -> None:
+    client, performer = add_client(db), add_performer(db)
+    bookings = [add_booking(db, client, performer) for _ in range(6)]
+    for status in ("approved", "deposit_uploaded", "deposit_verified", "accepted", "completed"):
+        for booking in bookings:
+            db.execute("UPDATE bookings SET status = %s WHERE id = %s", (status, booking))
+    handler = ScriptedHandler(delay=0.01)
+    async with Running(db_url, handler, worker_concurrency=16):
+        await wait_all_finished(db, 36)
+    assert handler.max_running > 1
+    for booking in bookings:
+        assert handler.per_subject[booking] == sorted(handler.per_subject[booking])
+        kinds = [e.kind for e in handler.handled if e.subject_id == booking]
+        assert kinds == ["booking.created", "booking.approved", "booking.deposit_uploaded",
+                         "booking.deposit_verified", "booking.accepted", "booking.completed"]
+
+
+async def test_transient_failure_is_retried_then_succeeds(db: psycopg.Connection, db_url: str) -> None:
+    def script(event: Event) -> Outcome:
+        if event.attempts < 3:
+            return Outcome(
+                deliveries=[DeliveryRecord("email", "ann@example.com", "failed", error_code="500")],
+                error=TransientDeliveryError("provider 500"),
+            )
+        return Outcome(deliveries=[DeliveryRecord("email", "ann@example.com", "sent", provider_message_id="m1")])
+
+    seed_bookings(db, 1)
+    handler = ScriptedHandler(script)
+    async with Running(db_url, handler):
+        await wait_all_finished(db, 1)
+    [event] = events(db)
+    assert event["status"] == "done" and event["attempts"] == 3
+    ledger = db.execute("SELECT status, attempts, provider_message_id FROM worker.deliveries").fetchall()
+    assert ledger == [("sent", 3, "m1")]
+
+
+async def test_permanent_failure_is_recorded(db: psycopg.Connection, db_url: str) -> None:
+    seed_bookings(db, 1)
+    handler = ScriptedHandler(lambda e: Outcome(error=PermanentDeliveryError("invalid number", code="21211")))
+    async with Running(db_url, handler):
+        await wait_all_finished(db, 1)
+    [event] = events(db)
+    assert event["status"] == "failed"
+    assert event["attempts"] == 1
+    assert "invalid number" in event["last_error"]
+
+
+async def test_exhausted_attempts_fail_the_event(db: psycopg.Connection, db_url: str) -> None:
+    seed_bookings(db, 1)
+    handler = ScriptedHandler(lambda e: Outcome(error=TransientDeliveryError("still down")))
+    async with Running(db_url, handler, max_attempts=3):
+        await wait_all_finished(db, 1)
+    [event] = events(db)
+    assert (event["status"], event["attempts"]) == ("failed", 3)
+    assert "gave up after 3 attempts" in event["last_error"]
+
+
+async def test_handler_crash_does_not_kill_the_worker(db: psycopg.Connection, db_url: str) -> None:
+    def script(event: Event) -> Outcome:
+        if event.attempts == 1:
+            raise ZeroDivisionError("bug")
+        return Outcome()
+
+    seed_bookings(db, 3)
+    async with Running(db_url, ScriptedHandler(script)):
+        final = await wait_all_finished(db, 3)
+    assert final == {"done": 3}
+
+
+async def test_expired_event_is_not_handled(db: psycopg.Connection, db_url: str) -> None:
+    db.execute(
+        "INSERT INTO worker.events (kind, subject_id, expires_at) VALUES "
+        "('booking.reminder_due', 'b1', now() - interval '1 minute'), ('booking.reminder_due', 'b2', NULL)"
+    )
+    handler = ScriptedHandler()
+    async with Running(db_url, handler):
+        await wait_all_finished(db, 2)
+    assert status_counts(db) == {"expired": 1, "done": 1}
+    assert [e.subject_id for e in handler.handled] == ["b2"]
+
+
+async def test_two_workers_handle_each_event_exactly_once(db: psycopg.Connection, db_url: str) -> None:
+    seed_bookings(db, 400)
+    first, second = ScriptedHandler(delay=0.001), ScriptedHandler(delay=0.001)
+    async with Running(db_url, first), Running(db_url, second):
+        await wait_all_finished(db, 400)
+    ids = [e.id for e in first.handled] + [e.id for e in second.handled]
+    assert len(ids) == len(set(ids)) == 400
+    assert first.handled and second.handled
+
+
+async def test_stop_releases_unfinished_work(db: psycopg.Connection, db_url: str) -> None:
+    seed_bookings(db, 20)
+    handler = ScriptedHandler(delay=30)  # longer than the grace period
+    async with Running(db_url, handler, worker_concurrency=5, shutdown_grace_seconds=0.5):
+        await async_wait_until(lambda: _running(handler), timeout=10)
+    assert status_counts(db) == {"pending": 20}
+    assert {e["attempts"] for e in events(db)} == {0}
+
+
+async def _running(handler: ScriptedHandler) -> bool:
+    return handler.running > 0

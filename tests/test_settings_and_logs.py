@@ -1,0 +1,71 @@
+"""Settings errors are one readable line; logs are JSON and never carry secrets or contacts."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import structlog
+
+from listener.logs import configure_logging
+from listener.redaction import mask_phone, mask_text
+from tests.processes import REPO
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "listener", *args], cwd=REPO, env=full_env,
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_invalid_setting_is_one_line_naming_the_variable_and_exit_2() -> None:
+    result = run_cli("check", WORKER_CONCURRENCY="lots", DATABASE_URL="postgresql://x@127.0.0.1:1/x")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: WORKER_CONCURRENCY: Input should be a valid integer, "
+        "unable to parse string as an integer (got 'lots')"
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_secret_values_are_not_echoed_in_errors() -> None:
+    result = run_cli("check", SCHEDULER_TIMEZONE="Mars/Olympus", CRON_SECRET="s3cr3t-value")
+    assert result.returncode == 2
+    assert "Mars/Olympus" in result.stderr
+    assert "s3cr3t-value" not in result.stderr + result.stdout
+
+
+def capture_logs(fmt: str = "json") -> io.StringIO:
+    stream = io.StringIO()
+    configure_logging("DEBUG", fmt, stream)
+    return stream
+
+
+def test_logs_are_json_with_redaction_for_structlog_and_stdlib() -> None:
+    stream = capture_logs()
+    log = structlog.get_logger("test")
+    log.info("delivery.sent", to="whatsapp:+61400000002", email="jane.doe@example.com",
+             auth_token="tok_123456", code="493817", booking_id="0b7c2d6e-1111-2222-3333-444455556666")
+    logging.getLogger("twilio.http_client").warning("POST to +61400000002 failed for jane.doe@example.com")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    text = stream.getvalue()
+
+    assert lines[0]["event"] == "delivery.sent"
+    assert lines[0]["booking_id"] == "0b7c2d6e-1111-2222-3333-444455556666"
+    for secret in ("+61400000002", "jane.doe@example.com", "tok_123456", "493817"):
+        assert secret not in text
+    assert lines[0]["to"] == "+61******002"
+    assert lines[1]["level"] == "warning" and "+61******002" in lines[1]["event"]
+
+
+def test_masking_keeps_ids_and_dates_readable() -> None:
+    text = "booking 0b7c2d6e-1111-2222-3333-444455556666 on 2026-11-30 for 0400 000 002"
+    assert mask_text(text) == "booking 0b7c2d6e-1111-2222-3333-444455556666 on 2026-11-30 for 0******002"
+    assert mask_phone("+61400000002") == "+61******002"
