@@ -34,7 +34,7 @@ SET status = o.status,
     attempts = CASE WHEN o.released THEN e.attempts - 1 ELSE e.attempts END,
     last_error = coalesce(o.last_error, e.last_error),
     payload = coalesce(o.payload, e.payload),
-    locked_by = NULL, locked_at = NULL, updated_at = now(),
+    locked_by = NULL, updated_at = now(),  -- locked_at stays: when it was last claimed
     finished_at = CASE WHEN o.status IN ('done', 'failed', 'expired') THEN now() END
 FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(delays)s::float8[],
             %(errors)s::text[], %(payloads)s::jsonb[], %(released)s::boolean[])
