@@ -1,0 +1,1 @@
+"""`flavor-worker bench`: the whole path from a committed row to a provider request, measured."""
