@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     # --- database -----------------------------------------------------------------------
     database_url: str | None = None
     embedded_data_dir: str = ".data/postgres"
+    #: Server on which `flavor-worker bench` creates its scratch databases (else an embedded one).
+    bench_database_url: str | None = None
 
     # --- logging ------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
