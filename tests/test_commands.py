@@ -84,4 +84,3 @@ def test_case_and_whitespace_do_not_matter(
     message = f"{before}{case(verb)}{gap}{case('fe')}-{number}{after}"  # type: ignore[operator]
     command = parse_whatsapp_command(message)
     assert command == WhatsAppCommand(verb, f"FE-{number}")  # type: ignore[arg-type]
-

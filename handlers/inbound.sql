@@ -1,0 +1,49 @@
+-- The queries of handlers/inbound.py (applying WhatsApp commands), each under a `-- name:` header.
+
+-- name: people_by_phone_digits
+-- Performers and clients whose stored phone ends with the sender's national digits (confirmed in Python).
+SELECT 'performer' AS role, id::text AS id, phone, stage_name AS name
+FROM public.performers
+WHERE phone IS NOT NULL
+  AND right(regexp_replace(phone, '[^0-9]', '', 'g'), length(%(digits)s::text)) = %(digits)s::text
+UNION ALL
+SELECT 'client' AS role, id::text AS id, phone, full_name AS name
+FROM public.clients
+WHERE phone IS NOT NULL
+  AND right(regexp_replace(phone, '[^0-9]', '', 'g'), length(%(digits)s::text)) = %(digits)s::text;
+
+-- name: lock_booking_by_reference
+-- The booking a command names, locked until the command's transaction ends.
+SELECT b.id::text AS id, b.reference, b.status, b.performer_id::text AS performer_id,
+       b.client_id::text AS client_id, b.event_type, b.event_start, b.venue, b.timezone
+FROM public.bookings b
+WHERE upper(b.reference) = %(reference)s
+FOR UPDATE;
+
+-- name: open_bookings_of_person
+-- A person's bookings that are still ahead and not cancelled, soonest first (for STATUS).
+SELECT b.id::text AS id, b.reference, b.status, b.event_type, b.event_start, b.venue, b.timezone
+FROM public.bookings b
+WHERE (b.performer_id::text = ANY(%(ids)s) OR b.client_id::text = ANY(%(ids)s))
+  AND b.status NOT IN ('cancelled', 'completed')
+  AND b.event_start > now()
+ORDER BY b.event_start
+LIMIT %(limit)s;
+
+-- name: accept_booking
+-- The performer's acceptance: an ordinary status write, so the trigger emits booking.accepted.
+UPDATE public.bookings SET status = 'accepted', updated_at = now() WHERE id = %(booking_id)s::uuid;
+
+-- name: insert_audit_log
+-- One audit row per applied command.
+INSERT INTO public.audit_logs (action, category, entity_type, entity_id, actor, details)
+VALUES (%(action)s, 'booking', 'booking', %(booking_id)s, %(actor)s, %(details)s);
+
+-- name: insert_admin_notification
+-- An in-app alert for the admins about a booking.
+INSERT INTO public.notifications (recipient_type, booking_id, type, title, message)
+VALUES ('admin', %(booking_id)s::uuid, %(type)s, %(title)s, %(message)s);
+
+-- name: emit_inbound_event
+-- A whatsapp.inbound outbox event, so the router can alert the admin on WhatsApp.
+SELECT worker.emit_event('whatsapp.inbound', %(booking_id)s, %(payload)s);

@@ -1,0 +1,61 @@
+"""What the endpoints read of the running daemon, and the queue statistics they share."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+from psycopg_pool import AsyncConnectionPool
+
+from listener.metrics import METRICS
+from listener.queries import QUERIES
+from listener.settings import Settings
+
+#: A health probe must answer quickly even when the database does not.
+DATABASE_TIMEOUT_SECONDS = 3.0
+
+
+class ListenerState(Protocol):
+    """What health needs of the LISTEN stream (`listener.stream.EventStream`)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+
+class SchedulerState(Protocol):
+    """What health needs of the embedded scheduler."""
+
+    @property
+    def running(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Surface:
+    """The daemon's live parts the endpoints read; `scheduler` is None when it is disabled."""
+
+    settings: Settings
+    pool: AsyncConnectionPool
+    listener: ListenerState
+    scheduler: SchedulerState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    pending: int
+    oldest_pending_seconds: float
+
+
+async def read_queue_stats(pool: AsyncConnectionPool) -> QueueStats:
+    """Due pending events and the age of the oldest; raises if the database does not answer in time."""
+
+    async def query() -> QueueStats:
+        async with pool.connection(timeout=DATABASE_TIMEOUT_SECONDS) as conn:
+            cur = await conn.execute(QUERIES["queue_stats"])
+            pending, oldest = await cur.fetchone()
+        return QueueStats(int(pending), float(oldest))
+
+    stats = await asyncio.wait_for(query(), DATABASE_TIMEOUT_SECONDS)
+    METRICS.pending_events.set(stats.pending)
+    METRICS.oldest_pending_seconds.set(stats.oldest_pending_seconds)
+    return stats

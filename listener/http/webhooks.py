@@ -1,0 +1,113 @@
+"""Twilio's webhooks: inbound WhatsApp messages and message status callbacks.
+
+Every request must carry a valid `X-Twilio-Signature` (HMAC of the URL and the form fields
+with TWILIO_AUTH_TOKEN); the URL is WEBHOOK_BASE_URL + path when set, because behind a
+platform's router the URL the app sees is not the public one Twilio signed.
+"""
+
+from __future__ import annotations
+
+import structlog
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from twilio.request_validator import RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
+
+from handlers.inbound import apply_inbound_message
+from listener.http.surface import Surface
+from listener.metrics import METRICS
+from listener.queries import QUERIES
+
+log = structlog.get_logger(__name__)
+
+#: Twilio message statuses the ledger records; the intermediate ones (queued, sending, sent) add nothing.
+RECORDED_STATUSES = frozenset({"delivered", "read", "failed", "undelivered"})
+
+
+def signed_url(request: Request, base_url: str | None) -> str:
+    """The URL Twilio computed the signature over."""
+    if not base_url:
+        return str(request.url)
+    query = f"?{request.url.query}" if request.url.query else ""
+    return f"{base_url.rstrip('/')}{request.url.path}{query}"
+
+
+async def _signed_form(request: Request) -> FormData | Response:
+    """The request's form fields when its signature is valid; else the response to send."""
+    surface: Surface = request.app.state.surface
+    token = surface.settings.twilio_auth_token
+    if token is None or not token.get_secret_value():
+        log.warning("http.twilio_webhook_disabled", path=request.url.path)
+        return PlainTextResponse("TWILIO_AUTH_TOKEN is not configured", status_code=503)
+    form = await request.form()
+    signature = request.headers.get("x-twilio-signature")
+    url = signed_url(request, surface.settings.webhook_base_url)
+    if not signature or not RequestValidator(token.get_secret_value()).validate(url, form, signature):
+        log.warning("http.twilio_signature_invalid", path=request.url.path, signature_present=bool(signature))
+        return PlainTextResponse("invalid signature", status_code=403)
+    return form
+
+
+async def inbound_whatsapp(request: Request) -> Response:
+    """Apply the sender's command and answer with a TwiML reply."""
+    form = await _signed_form(request)
+    if isinstance(form, Response):
+        return form
+    surface: Surface = request.app.state.surface
+    result = await apply_inbound_message(
+        surface.pool, surface.settings, str(form.get("From", "")), str(form.get("Body", ""))
+    )
+    log.info(
+        "http.whatsapp_inbound",
+        message_sid=form.get("MessageSid"),
+        action=result.action,
+        applied=result.applied,
+        booking_id=result.booking_id,
+    )
+    reply = MessagingResponse()
+    reply.message(result.reply)
+    return Response(str(reply), media_type="application/xml")
+
+
+async def message_status(request: Request) -> Response:
+    """Record delivered / read / failed / undelivered on the ledger row of that message."""
+    form = await _signed_form(request)
+    if isinstance(form, Response):
+        return form
+    surface: Surface = request.app.state.surface
+    message_id = str(form.get("MessageSid") or form.get("SmsSid") or "")
+    status = str(form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
+    if not message_id or status not in RECORDED_STATUSES:
+        return Response(status_code=204)
+    failed = status in {"failed", "undelivered"}
+    params = {
+        "message_id": message_id,
+        "channel": "whatsapp",
+        "status": status,
+        "error_code": str(form["ErrorCode"]) if failed and form.get("ErrorCode") else None,
+        "error_message": str(form["ErrorMessage"]) if failed and form.get("ErrorMessage") else None,
+    }
+    async with surface.pool.connection() as conn:
+        cur = await conn.execute(QUERIES["record_delivery_status"], params)
+        updated = await cur.fetchall()
+    for delivery_id, event_id in updated:
+        METRICS.deliveries.labels(channel="whatsapp", status=status).inc()
+        log.info(
+            "delivery.status_updated",
+            delivery_id=delivery_id,
+            event_id=event_id,
+            status=status,
+            error_code=params["error_code"],
+        )
+    if not updated:
+        log.info("delivery.status_unmatched", message_sid=message_id, status=status)
+    return Response(status_code=204)
+
+
+def webhook_routes() -> list[Route]:
+    return [
+        Route("/webhooks/twilio/whatsapp", inbound_whatsapp, methods=["POST"]),
+        Route("/webhooks/twilio/status", message_status, methods=["POST"]),
+    ]

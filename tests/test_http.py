@@ -1,0 +1,218 @@
+"""The HTTP surface in-process: /healthz, /metrics and the seed's cron endpoints, on a real database."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg.conninfo import conninfo_to_dict
+
+from handlers.logging_handler import LoggingHandler
+from listener.worker import Worker
+from tests.appdata import add_booking, add_client, add_performer, events
+from tests.httpapp import LiveSurface, live_surface
+from tests.waiting import async_wait_until
+
+CRON_SECRET = "a-long-random-cron-secret-of-40-characters"
+
+
+# --- /healthz --------------------------------------------------------------------------
+
+
+async def test_health_is_200_when_listening_and_the_queue_is_fresh(db_url: str) -> None:
+    async with live_surface(db_url) as live:
+        response = await live.client.get("/healthz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["listener"] is True
+    assert body["scheduler"] == "disabled"
+    assert body["pending"] == 0
+
+
+async def test_health_503_while_the_listen_connection_is_down_then_200_after_reconnect(
+    db_url: str, pg_admin: str
+) -> None:
+    dbname = conninfo_to_dict(db_url)["dbname"]
+    with psycopg.connect(pg_admin, autocommit=True) as admin:
+        async with live_surface(db_url) as live:
+            assert (await live.client.get("/healthz")).status_code == 200
+            # Refuse new connections so the listener stays down after its backend is killed.
+            admin.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
+            try:
+                admin.execute("SELECT pg_terminate_backend(%s)", (live.stream.backend_pid,))
+                down = await async_wait_until(
+                    _health_status(live, 503), timeout=10, message="health reports the listener down"
+                )
+                assert "LISTEN connection is down" in down["reason"]
+                assert down["listener"] is False
+            finally:
+                admin.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true')
+            up = await async_wait_until(_health_status(live, 200), timeout=20, message="healthy again")
+            assert up["listener"] is True
+
+
+async def test_health_503_when_the_oldest_due_pending_event_is_too_old(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    db.execute(
+        "INSERT INTO worker.events (kind, subject_id, run_at) VALUES ('booking.created', 'b1', %s)",
+        (datetime.now(UTC) - timedelta(minutes=10),),
+    )
+    async with live_surface(db_url, health_max_pending_age_seconds=300) as live:
+        response = await live.client.get("/healthz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["pending"] == 1
+    assert "oldest pending event is 600s old (limit 300s)" in body["reason"]
+
+
+async def test_events_scheduled_for_later_do_not_make_the_worker_unhealthy(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    db.execute(
+        "INSERT INTO worker.events (kind, subject_id, run_at, created_at)"
+        " VALUES ('booking.created', 'b1', %s, %s)",
+        (datetime.now(UTC) + timedelta(minutes=5), datetime.now(UTC) - timedelta(hours=1)),
+    )
+    async with live_surface(db_url, health_max_pending_age_seconds=300) as live:
+        response = await live.client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["pending"] == 0
+
+
+def _health_status(live: LiveSurface, status: int):  # type: ignore[no-untyped-def]
+    async def check() -> dict | None:
+        response = await live.client.get("/healthz")
+        return response.json() if response.status_code == status else None
+
+    return check
+
+
+# --- /metrics --------------------------------------------------------------------------
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def _scrape(live: LiveSurface) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = await live.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return _samples(response.text)
+
+
+async def test_metrics_expose_the_named_series(db_url: str) -> None:
+    async with live_surface(db_url) as live:
+        response = await live.client.get("/metrics")
+    families = {family.name for family in text_string_to_metric_families(response.text)}
+    assert {
+        "flavor_events_claimed",
+        "flavor_events_done",
+        "flavor_events_retried",
+        "flavor_events_failed",
+        "flavor_deliveries",
+        "flavor_provider_request_seconds",
+        "flavor_pending_events",
+        "flavor_oldest_pending_seconds",
+        "flavor_job_runs",
+        "flavor_listener_reconnects",
+    } <= families
+
+
+async def test_metrics_move_when_events_flow(db: psycopg.Connection, db_url: str) -> None:
+    done = ("flavor_events_done_total", (("kind", "booking.created"),))
+    claimed = ("flavor_events_claimed_total", (("kind", "booking.created"),))
+    pending = ("flavor_pending_events", ())
+    async with live_surface(db_url, poll_interval_seconds=0.2) as live:
+        before = await _scrape(live)
+        client, performer = add_client(db), add_performer(db)
+        for _ in range(3):
+            add_booking(db, client, performer)
+        queued = await _scrape(live)
+        assert queued[pending] == 3
+        assert queued[("flavor_oldest_pending_seconds", ())] >= 0
+
+        worker = Worker(live.surface.pool, LoggingHandler(), live.surface.settings)
+        running = asyncio.create_task(worker.run())
+        try:
+
+            async def drained() -> dict | None:
+                samples = await _scrape(live)
+                return samples if samples.get(done, 0) - before.get(done, 0) == 3 else None
+
+            after = await async_wait_until(drained, timeout=15, message="3 events counted as done")
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 15)
+    assert after[claimed] - before.get(claimed, 0) == 3
+    assert after[pending] == 0
+    assert [e["status"] for e in events(db)] == ["done"] * 3
+
+
+# --- /api/cron/* ---------------------------------------------------------------------
+
+
+async def test_cron_endpoints_refuse_a_missing_or_wrong_token(db_url: str) -> None:
+    async with live_surface(db_url, cron_secret=CRON_SECRET) as live:
+        for path in ("/api/cron/cleanup", "/api/cron/reminders"):
+            missing = await live.client.get(path)
+            wrong = await live.client.get(path, headers={"Authorization": f"Bearer {CRON_SECRET}x"})
+            bare = await live.client.get(path, headers={"Authorization": CRON_SECRET})
+            for response in (missing, wrong, bare):
+                assert response.status_code == 401
+                assert response.json() == {"error": "Unauthorized"}
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM worker.job_runs").fetchone() == (0,)
+
+
+async def test_cron_endpoints_are_closed_without_a_secret(db_url: str) -> None:
+    async with live_surface(db_url) as live:
+        response = await live.client.get("/api/cron/cleanup", headers={"Authorization": "Bearer "})
+        reminders = await live.client.get("/api/cron/reminders", headers={"Authorization": "Bearer None"})
+    assert response.status_code == 503
+    assert reminders.status_code == 503
+    assert "CRON_SECRET" in response.json()["error"]
+
+
+async def test_cron_cleanup_runs_the_jobs_and_answers_the_seeds_json(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    client, performer = add_client(db), add_performer(db)
+    stale = add_booking(db, client, performer, created_at=datetime.now(UTC) - timedelta(hours=30))
+    fresh = add_booking(db, client, performer)
+    async with live_surface(db_url, cron_secret=CRON_SECRET) as live:
+        response = await live.client.get(
+            "/api/cron/cleanup", headers={"Authorization": f"Bearer {CRON_SECRET}"}
+        )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["success"] is True
+    datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
+    summary = body["summary"]
+    assert {"staleBookings", "notifications", "otps", "auditLogs"} <= set(summary)
+    assert (summary["staleBookings"]["cancelled"], summary["staleBookings"]["errors"]) == (1, [])
+    for part in ("notifications", "otps", "auditLogs"):
+        assert (summary[part]["deleted"], summary[part]["errors"]) == (0, [])
+    statuses = dict(db.execute("SELECT id::text, status FROM bookings").fetchall())
+    assert statuses == {stale: "cancelled", fresh: "pending"}
+
+
+async def test_cron_reminders_answers_the_seeds_json(db_url: str) -> None:
+    async with live_surface(db_url, cron_secret=CRON_SECRET) as live:
+        response = await live.client.get(
+            "/api/cron/reminders", headers={"Authorization": f"Bearer {CRON_SECRET}"}
+        )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["success"] is True
+    assert {"bookingReminders", "paymentReminders"} <= set(body["summary"])
+    for part in ("bookingReminders", "paymentReminders"):
+        assert (body["summary"][part]["sent"], body["summary"][part]["errors"]) == (0, [])
