@@ -21,6 +21,7 @@ from listener.migrate import migrate, pending_migrations
 from listener.settings import Settings
 from listener.stream import EventStream
 from listener.worker import Worker
+from scheduler.service import JobScheduler
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +68,10 @@ async def run_daemon(settings: Settings, conninfo: str) -> None:
         loop.add_signal_handler(signum, stop.set)
 
     stream_task = asyncio.create_task(stream.run(), name="listener")
+    scheduler: JobScheduler | None = None
+    if settings.scheduler_enabled:
+        scheduler = JobScheduler(pool, settings, worker_id=worker.worker_id)
+        scheduler.start()
     worker_task = asyncio.create_task(worker.run(), name="worker")
     stop_task = asyncio.create_task(stop.wait(), name="stop-signal")
     try:
@@ -79,6 +84,8 @@ async def run_daemon(settings: Settings, conninfo: str) -> None:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stream_task
+        if scheduler is not None:
+            await scheduler.shutdown()
         await pool.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

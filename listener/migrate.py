@@ -46,6 +46,8 @@ class MigrationReport:
     reference_created: list[str] = field(default_factory=list)
     reference_skipped: list[str] = field(default_factory=list)
     triggers_on: list[str] = field(default_factory=list)
+    #: App tables that got the scheduled jobs' indexes (`worker.install_app_indexes()`).
+    indexes_on: list[str] = field(default_factory=list)
 
 
 def discover_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
@@ -101,6 +103,8 @@ def migrate(conninfo: str, *, reference_schema: bool = False) -> MigrationReport
                 log.info("migrate.applied", migration=migration.path.name)
             row = conn.execute("SELECT worker.install_triggers()").fetchone()
             report.triggers_on = list(row[0]) if row else []
+            row = conn.execute("SELECT worker.install_app_indexes()").fetchone()
+            report.indexes_on = list(row[0]) if row else []
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     return report

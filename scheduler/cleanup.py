@@ -1,0 +1,116 @@
+"""The seed's cleanup jobs (`src/jobs/cleanup.ts`), plus pruning of the worker's own outbox.
+
+Jobs only write rows: a stale booking's cancellation reaches the parties through the bookings
+trigger → `booking.cancelled` event → delivery path, like any cancellation made by the app.
+Every step takes `now` from the caller's clock and deletes in bounded batches.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg_pool import AsyncConnectionPool
+
+from listener.settings import Settings
+from scheduler.batches import repeat_in_batches
+from scheduler.queries import QUERIES
+
+log = structlog.get_logger(__name__)
+
+
+def stale_booking_reason(settings: Settings) -> str:
+    """The cancellation reason the parties read in their cancellation messages."""
+    return (
+        f"Automatically cancelled: the deposit was not received within "
+        f"{settings.stale_booking_hours:g} hours of booking."
+    )
+
+
+async def cleanup_stale_bookings(
+    pool: AsyncConnectionPool, settings: Settings, now: datetime
+) -> dict[str, Any]:
+    """Cancel pending bookings older than STALE_BOOKING_HOURS without a deposit, audit each."""
+    params = {
+        "cutoff": now - timedelta(hours=settings.stale_booking_hours),
+        "reason": stale_booking_reason(settings),
+        "limit": settings.cleanup_batch_size,
+    }
+
+    async def batch(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
+        rows = await (await conn.execute(QUERIES["cancel_stale_bookings"], params)).fetchall()
+        for (booking_id,) in rows:
+            log.info("job.booking_cancelled", booking_id=booking_id, reason="stale_pending")
+        return {"cancelled": len(rows)}
+
+    return await repeat_in_batches(pool, "staleBookings", batch, settings.cleanup_batch_size, "cancelled")
+
+
+async def cleanup_old_notifications(
+    pool: AsyncConnectionPool, settings: Settings, now: datetime
+) -> dict[str, Any]:
+    """Delete read notifications older than NOTIFICATION_RETENTION_DAYS; unread ones stay."""
+    cutoff = now - timedelta(days=settings.notification_retention_days)
+    return await _delete_in_batches(
+        pool, settings, "notifications", "delete_old_read_notifications", {"cutoff": cutoff}
+    )
+
+
+async def cleanup_expired_otps(
+    pool: AsyncConnectionPool, settings: Settings, now: datetime
+) -> dict[str, Any]:
+    """Delete OTP codes past their expiry."""
+    return await _delete_in_batches(pool, settings, "otps", "delete_expired_otps", {"now": now})
+
+
+async def cleanup_old_audit_logs(
+    pool: AsyncConnectionPool, settings: Settings, now: datetime
+) -> dict[str, Any]:
+    """Delete audit logs older than AUDIT_LOG_RETENTION_DAYS; critical categories are kept forever."""
+    params = {
+        "cutoff": now - timedelta(days=settings.audit_log_retention_days),
+        "keep": list(settings.critical_audit_categories),
+    }
+    return await _delete_in_batches(pool, settings, "auditLogs", "delete_old_audit_logs", params)
+
+
+async def prune_worker_events(pool: AsyncConnectionPool, settings: Settings, now: datetime) -> dict[str, Any]:
+    """Delete finished outbox events (and their delivery ledger) older than WORKER_RETENTION_DAYS."""
+    params = {
+        "cutoff": now - timedelta(days=settings.worker_retention_days),
+        "limit": settings.cleanup_batch_size,
+    }
+
+    async def batch(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
+        row = await (await conn.execute(QUERIES["prune_finished_events"], params)).fetchone()
+        deleted, deliveries = row if row else (0, 0)
+        return {"deleted": deleted, "deliveries": deliveries}
+
+    return await repeat_in_batches(pool, "workerEvents", batch, settings.cleanup_batch_size, "deleted")
+
+
+async def _delete_in_batches(
+    pool: AsyncConnectionPool, settings: Settings, step: str, query: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    bounded = {**params, "limit": settings.cleanup_batch_size}
+
+    async def batch(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
+        cursor = await conn.execute(QUERIES[query], bounded)
+        return {"deleted": cursor.rowcount}
+
+    return await repeat_in_batches(pool, step, batch, settings.cleanup_batch_size, "deleted")
+
+
+async def run_all_cleanup_jobs(
+    pool: AsyncConnectionPool, settings: Settings, now: datetime
+) -> dict[str, Any]:
+    """Every cleanup step in sequence; the seed's summary keys plus `workerEvents`."""
+    return {
+        "staleBookings": await cleanup_stale_bookings(pool, settings, now),
+        "notifications": await cleanup_old_notifications(pool, settings, now),
+        "otps": await cleanup_expired_otps(pool, settings, now),
+        "auditLogs": await cleanup_old_audit_logs(pool, settings, now),
+        "workerEvents": await prune_worker_events(pool, settings, now),
+    }

@@ -1,0 +1,52 @@
+"""`flavor-worker jobs run cleanup|reminders|all`: run a job now and print the seed's JSON.
+
+stdout carries only the JSON (so it pipes into `jq`); logs go to stderr. Exit code 0 when every
+step succeeded, 1 when a step reported errors or the database was unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any, Literal
+
+import click
+import psycopg
+
+from listener.db import create_pool, resolve_database_url
+from listener.logs import configure_logging
+from listener.settings import Settings, load_settings
+from scheduler.runs import run_job_now
+
+
+@click.group()
+def jobs() -> None:
+    """Run the scheduled cleanup and reminder jobs by hand."""
+
+
+@jobs.command("run")
+@click.argument("job", type=click.Choice(["cleanup", "reminders", "all"]))
+def run_job(job: Literal["cleanup", "reminders", "all"]) -> None:
+    """Run JOB once now (serialised with scheduled runs) and print its JSON summary."""
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format, sys.stderr)
+    try:
+        result = asyncio.run(_run_once(settings, resolve_database_url(settings), job))
+    except psycopg.Error as exc:
+        click.echo(f"jobs run {job} failed: {exc}", err=True)
+        raise SystemExit(1) from None
+    click.echo(json.dumps(result, indent=2))
+    if not result["success"]:
+        raise SystemExit(1)
+
+
+async def _run_once(
+    settings: Settings, conninfo: str, job: Literal["cleanup", "reminders", "all"]
+) -> dict[str, Any]:
+    pool = create_pool(conninfo, 2)
+    await pool.open(wait=True, timeout=15)
+    try:
+        return await run_job_now(pool, settings, job, "manual")
+    finally:
+        await pool.close()

@@ -1,0 +1,178 @@
+"""Running a job once, with its `worker.job_runs` row, its advisory lock and its JSON summary.
+
+Two ways in:
+
+* `run_scheduled_tick` — a tick of the crontab. The INSERT into job_runs (unique per job and
+  scheduled instant) decides which of N workers runs it; the others skip.
+* `run_job_now` — the CLI and the HTTP cron endpoints. Always runs, recorded with its own row.
+
+Both hold a session advisory lock per job while they run, so a manual run never overlaps a
+scheduled one (the second waits for the first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Literal, get_args
+
+import psycopg
+import structlog
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from listener.metrics import METRICS
+from listener.settings import Settings
+from scheduler.cleanup import run_all_cleanup_jobs
+from scheduler.queries import QUERIES
+from scheduler.reminders import run_all_reminder_jobs
+
+log = structlog.get_logger(__name__)
+
+JobName = Literal["cleanup", "reminders"]
+Trigger = Literal["schedule", "catch_up", "manual", "http"]
+Clock = Callable[[], datetime]
+JobRunner = Callable[[AsyncConnectionPool, Settings, datetime], Awaitable[dict[str, Any]]]
+
+JOBS: dict[JobName, JobRunner] = {"cleanup": run_all_cleanup_jobs, "reminders": run_all_reminder_jobs}
+#: Advisory lock keys: a class unique to this app's job locks, and one id per job.
+JOB_LOCK_CLASS = 0x466C_6A62  # "Fljb"
+JOB_LOCK_IDS: dict[JobName, int] = {"cleanup": 1, "reminders": 2}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def seed_timestamp(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and Z, as the seed's JSON shows (`2025-10-07T02:00:00.000Z`)."""
+    utc = moment.astimezone(UTC)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+
+
+def summary_succeeded(summary: dict[str, Any]) -> bool:
+    return all(not step["errors"] for step in summary.values())
+
+
+async def run_job_now(
+    pool: AsyncConnectionPool,
+    settings: Settings,
+    job: Literal["cleanup", "reminders", "all"],
+    trigger: str = "manual",
+    *,
+    clock: Clock = utc_now,
+    worker_id: str | None = None,
+) -> dict[str, Any]:
+    """Run a job now and return the seed's JSON; `all` runs cleanup then reminders.
+
+    `trigger` is recorded in job_runs: "manual" (CLI) or "http" (the cron endpoints).
+    """
+    if trigger not in ("manual", "http"):
+        raise ValueError(f"trigger must be 'manual' or 'http', not {trigger!r}")
+    if job != "all":
+        return await _run_locked(pool, settings, job, trigger, clock, worker_id)  # type: ignore[arg-type]
+    results = {
+        name: await _run_locked(pool, settings, name, trigger, clock, worker_id) for name in get_args(JobName)
+    }
+    return {
+        "success": all(result["success"] for result in results.values()),
+        "timestamp": seed_timestamp(clock()),
+        **results,
+    }
+
+
+async def run_scheduled_tick(
+    pool: AsyncConnectionPool,
+    settings: Settings,
+    job: JobName,
+    tick: datetime,
+    *,
+    trigger: Trigger = "schedule",
+    clock: Clock = utc_now,
+    worker_id: str | None = None,
+) -> dict[str, Any] | None:
+    """Run the crontab tick `tick` of `job` unless a worker already has; None when skipped."""
+    run_id = await _claim_run(pool, job, tick, trigger, worker_id)
+    if run_id is None:
+        log.info("job.skipped", job=job, scheduled_for=tick.isoformat(), reason="tick already claimed")
+        METRICS.job_runs.labels(job, "skipped").inc()
+        return None
+    async with job_lock(pool, job):
+        return await _execute(pool, settings, job, run_id, trigger, clock)
+
+
+async def _run_locked(
+    pool: AsyncConnectionPool,
+    settings: Settings,
+    job: JobName,
+    trigger: str,
+    clock: Clock,
+    worker_id: str | None,
+) -> dict[str, Any]:
+    async with job_lock(pool, job):
+        # Inside the lock, so two manual runs get distinct clock_timestamp() instants.
+        run_id = await _claim_run(pool, job, None, trigger, worker_id)
+        if run_id is None:
+            raise RuntimeError(f"job_runs already holds a {job} run at this instant")
+        return await _execute(pool, settings, job, run_id, trigger, clock)
+
+
+@contextlib.asynccontextmanager
+async def job_lock(pool: AsyncConnectionPool, job: JobName) -> AsyncIterator[None]:
+    """Hold the job's advisory lock on a connection of its own for the duration of the block."""
+    params = {"lock_class": JOB_LOCK_CLASS, "lock_id": JOB_LOCK_IDS[job]}
+    async with pool.connection() as conn:
+        await conn.execute(QUERIES["lock_job"], params)
+        try:
+            yield
+        finally:
+            # A broken connection has already dropped its session lock.
+            with contextlib.suppress(psycopg.OperationalError):
+                await conn.execute(QUERIES["unlock_job"], params)
+
+
+async def _claim_run(
+    pool: AsyncConnectionPool, job: JobName, tick: datetime | None, trigger: str, worker_id: str | None
+) -> int | None:
+    params = {"job": job, "scheduled_for": tick, "trigger": trigger, "worker_id": worker_id}
+    async with pool.connection() as conn:
+        row = await (await conn.execute(QUERIES["claim_job_run"], params)).fetchone()
+    return row[0] if row else None
+
+
+async def _execute(
+    pool: AsyncConnectionPool, settings: Settings, job: JobName, run_id: int, trigger: str, clock: Clock
+) -> dict[str, Any]:
+    now = clock()
+    log.info("job.started", job=job, run_id=run_id, trigger=trigger, now=now.isoformat())
+    try:
+        summary = await JOBS[job](pool, settings, now)
+    except BaseException as exc:  # cancelled at shutdown, or the bookkeeping itself failed
+        with contextlib.suppress(Exception):
+            await _finish(pool, run_id, "failed", {"success": False, "error": f"{type(exc).__name__}: {exc}"})
+        METRICS.job_runs.labels(job, "failed").inc()
+        log.error("job.aborted", job=job, run_id=run_id, exc_info=True)
+        raise
+    result = {"success": summary_succeeded(summary), "timestamp": seed_timestamp(now), "summary": summary}
+    outcome = "succeeded" if result["success"] else "failed"
+    await _finish(pool, run_id, outcome, result)
+    METRICS.job_runs.labels(job, outcome).inc()
+    counts = {step: {k: v for k, v in values.items() if k != "errors"} for step, values in summary.items()}
+    log.info(
+        "job.completed",
+        job=job,
+        run_id=run_id,
+        trigger=trigger,
+        success=result["success"],
+        errors=sum(len(step["errors"]) for step in summary.values()),
+        **counts,
+    )
+    return result
+
+
+async def _finish(pool: AsyncConnectionPool, run_id: int, status: str, summary: dict[str, Any]) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(
+            QUERIES["finish_job_run"], {"run_id": run_id, "status": status, "summary": Jsonb(summary)}
+        )

@@ -1,0 +1,125 @@
+"""APScheduler inside the daemon: the jobs on their crontabs, once per tick across workers.
+
+Every worker runs the same schedule; `worker.job_runs` decides which one runs each tick. At
+start-up the most recent tick of each job runs if no worker ran it (a deploy over 02:00 does not
+skip the day's cleanup). Misfire grace is MISFIRE_GRACE_SECONDS (an hour by default: APScheduler's
+1 s default would drop a tick the loop was a little late for), late ticks coalesce into one, and
+a job never overlaps itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from psycopg_pool import AsyncConnectionPool
+
+from listener.settings import Settings
+from scheduler.runs import Clock, JobName, Trigger, run_scheduled_tick, utc_now
+from scheduler.ticks import LocalCronTrigger, previous_fire_time
+
+log = structlog.get_logger(__name__)
+
+
+class JobScheduler:
+    """The cleanup and reminder jobs on their schedules, sharing the daemon's loop and pool."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.worker_id = worker_id
+        self._clock = clock
+        zone = ZoneInfo(settings.scheduler_timezone)
+        self.triggers: dict[JobName, LocalCronTrigger] = {
+            "cleanup": LocalCronTrigger(settings.cleanup_schedule, zone),
+            "reminders": LocalCronTrigger(settings.reminder_schedule, zone),
+        }
+        self._scheduler = AsyncIOScheduler(
+            timezone=zone,
+            job_defaults={
+                "misfire_grace_time": settings.misfire_grace_seconds,
+                "coalesce": True,
+                "max_instances": 1,
+            },
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def running(self) -> bool:
+        """True between start() and shutdown() (for /healthz)."""
+        return bool(self._scheduler.running)
+
+    def next_run_times(self) -> dict[str, datetime | None]:
+        """When each job fires next (None before start())."""
+        return {job.id: job.next_run_time for job in self._scheduler.get_jobs()}
+
+    def start(self) -> None:
+        """Schedule the jobs and catch up missed ticks; call from inside the running loop."""
+        for job, trigger in self.triggers.items():
+            self._scheduler.add_job(self.run_tick, trigger, args=[job], id=job, name=f"{job} job")
+        self._scheduler.start()
+        self._track(asyncio.get_running_loop().create_task(self.catch_up(), name="scheduler-catch-up"))
+        log.info(
+            "scheduler.started",
+            timezone=self.settings.scheduler_timezone,
+            **{f"{job}_schedule": trigger.expression for job, trigger in self.triggers.items()},
+        )
+
+    async def run_tick(self, job: JobName, trigger: Trigger = "schedule") -> None:
+        """What APScheduler calls at each fire: run the tick `now` belongs to, unless taken."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._track(task)
+        tick = previous_fire_time(self.triggers[job], self._clock())
+        if tick is None:
+            return
+        try:
+            await run_scheduled_tick(
+                self.pool,
+                self.settings,
+                job,
+                tick,
+                trigger=trigger,
+                clock=self._clock,
+                worker_id=self.worker_id,
+            )
+        except Exception:  # e.g. database down: the schedule goes on
+            log.error("scheduler.tick_failed", job=job, scheduled_for=tick.isoformat(), exc_info=True)
+
+    async def catch_up(self) -> None:
+        """Run each job's latest tick if every worker missed it (all down at that moment)."""
+        for job in self.triggers:
+            await self.run_tick(job, trigger="catch_up")
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop firing, give running jobs `timeout` seconds, then cancel them (the row says failed)."""
+        if not self._scheduler.running:
+            return
+        self._scheduler.pause()
+        pending = {task for task in self._tasks if not task.done() and task is not asyncio.current_task()}
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=timeout)
+            for task in late:
+                task.cancel()
+            for task in late:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._scheduler.shutdown(wait=False)
+        # AsyncIOScheduler stops on the loop's next turn; let it, so `running` is False on return.
+        await asyncio.sleep(0)
+        log.info("scheduler.stopped")
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
