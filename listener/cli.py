@@ -21,6 +21,7 @@ from listener import admin
 from listener.db import resolve_database_url
 from listener.logs import configure_logging
 from listener.settings import Settings, load_settings
+from scheduler.cli import jobs
 
 log = structlog.get_logger(__name__)
 
@@ -166,3 +167,6 @@ def check(app: AppContext) -> None:
     if problems:
         raise SystemExit(1)
     click.echo("ok: settings valid, database reachable, schema current, LISTEN/NOTIFY works")
+
+
+main.add_command(jobs)
