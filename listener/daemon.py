@@ -12,10 +12,10 @@ import signal
 
 import psycopg
 import structlog
+from psycopg_pool import AsyncConnectionPool
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from handlers.contract import EventHandler
-from handlers.logging_handler import LoggingHandler
+from handlers.router import NotificationRouter
 from listener.db import create_pool, redacted_target
 from listener.migrate import migrate, pending_migrations
 from listener.settings import Settings
@@ -48,16 +48,17 @@ def ensure_schema(conninfo: str, *, auto_migrate: bool) -> None:
     migrate(conninfo, reference_schema=True)
 
 
-def build_handler(settings: Settings) -> EventHandler:
-    """The handler the claim loop hands events to."""
-    return LoggingHandler()
+def build_handler(settings: Settings, pool: AsyncConnectionPool) -> NotificationRouter:
+    """The handler the claim loop hands events to: the notification router (close it on exit)."""
+    return NotificationRouter(settings, pool)
 
 
 async def run_daemon(settings: Settings, conninfo: str) -> None:
     """Run until SIGTERM/SIGINT; return after a graceful shutdown."""
     pool = create_pool(conninfo, settings.db_pool_max_size)
     await pool.open(wait=False)
-    worker = Worker(pool, build_handler(settings), settings)
+    handler = build_handler(settings, pool)
+    worker = Worker(pool, handler, settings)
     stream = EventStream(conninfo, worker.wake, ping_seconds=max(1.0, settings.poll_interval_seconds))
     structlog.contextvars.bind_contextvars(worker_id=worker.worker_id)
     log.info("daemon.starting", database=redacted_target(conninfo))
@@ -86,6 +87,7 @@ async def run_daemon(settings: Settings, conninfo: str) -> None:
             await stream_task
         if scheduler is not None:
             await scheduler.shutdown()
+        await handler.close()
         await pool.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

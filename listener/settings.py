@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     resend_api_url: str | None = None
     resend_rate_per_second: PositiveFloat = 2.0
     provider_timeout_seconds: PositiveFloat = 10.0
+    #: auto: Twilio/Resend when their credentials are set, else the console (logged, `simulated`);
+    #: console: always the console; null: accept and drop (`simulated`), for benchmarks.
+    message_transport: Literal["auto", "console", "null"] = "auto"
 
     # --- app ----------------------------------------------------------------------------
     next_public_app_url: str = "http://localhost:3000"

@@ -1,0 +1,295 @@
+"""The one delivery mechanism every notify/send function goes through.
+
+A `DeliveryScope` is the sending side of one event: it knows the event id (for idempotency
+keys), what the ledger already shows for that event (so a redelivery sends nothing twice), and
+collects one `DeliveryRecord` per (channel, recipient). The router opens a scope per event; the
+seed-named functions (`send_whatsapp`, `send_email`, `notify_*`, `send_*_email`) find it with
+`current_scope()`, so their signatures stay the seed's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import structlog
+
+from handlers.contract import DeliveryRecord, PermanentDeliveryError, TransientDeliveryError
+from handlers.models import MessageContext, Person
+from handlers.phones import to_e164
+from handlers.rendering import Rendered, Templates
+from handlers.routing import Channel, Route
+from listener.metrics import METRICS
+
+if TYPE_CHECKING:
+    from listener.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Message:
+    """One outgoing message, addressed and rendered; `recipient` is already normalised."""
+
+    channel: Channel
+    recipient: str
+    text: str
+    role: str | None = None
+    template: str | None = None
+    subject: str | None = None
+    html: str | None = None
+    reply_to: str | None = None
+    content_sid: str | None = None
+    content_variables: dict[str, str] | None = None
+    #: A value (an OTP code) that must never reach a log line.
+    secret: str | None = field(default=None, repr=False)
+    #: Extra columns for in-app rows (recipient_type, recipient_id, booking_id, type).
+    meta: dict[str, Any] | None = None
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A transport's answer: `sent` by a provider (with its id) or `simulated` locally."""
+
+    status: Literal["sent", "simulated"]
+    provider_message_id: str | None = None
+
+
+class Transport(Protocol):
+    """Hands a message to a provider; raises Permanent/TransientDeliveryError at its edge."""
+
+    name: str
+
+    async def send(self, message: Message) -> Sent: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A resolved recipient: normalised address, and the person when there is one."""
+
+    role: str
+    address: str
+    name: str
+    person: Person | None = None
+
+
+class Dispatcher:
+    """Process-wide sending state: settings, compiled templates and one transport per channel."""
+
+    def __init__(self, settings: Settings, transports: dict[str, Transport]) -> None:
+        self.settings = settings
+        self.transports = transports
+        self.templates = Templates(settings.next_public_app_url)
+
+    async def close(self) -> None:
+        for transport in self.transports.values():
+            await transport.close()
+
+
+_scope: ContextVar[DeliveryScope | None] = ContextVar("delivery_scope", default=None)
+_default: list[Dispatcher] = []
+
+
+def install_dispatcher(dispatcher: Dispatcher) -> None:
+    """Make `dispatcher` the one used by sends made outside any event (e.g. a direct call)."""
+    _default[:] = [dispatcher]
+
+
+def current_scope() -> DeliveryScope:
+    """The scope of the event being handled, or a fresh event-less one on the installed dispatcher."""
+    scope = _scope.get()
+    if scope is not None:
+        return scope
+    if not _default:
+        raise RuntimeError("no dispatcher installed: build the router (handlers.router) first")
+    return DeliveryScope(_default[0])
+
+
+@contextlib.contextmanager
+def delivering(scope: DeliveryScope) -> Iterator[DeliveryScope]:
+    """Run the enclosed sends inside `scope` (task-local: concurrent events do not mix)."""
+    token = _scope.set(scope)
+    try:
+        yield scope
+    finally:
+        _scope.reset(token)
+
+
+class DeliveryScope:
+    """The deliveries of one event (or of a direct call, with `event_id` None)."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, event_id: int | None = None, already: frozenset[str] = frozenset()
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.settings = dispatcher.settings
+        self.event_id = event_id
+        self.already = already
+        self.records: list[DeliveryRecord] = []
+        self.transient: TransientDeliveryError | None = None
+        self._claimed: set[str] = set()
+
+    # ------------------------------------------------------------------ recipients
+    def resolve(self, route: Route, ctx: MessageContext) -> Target | None:
+        """Who `route` goes to; None (with a skipped/failed record) when it must not be sent."""
+        if route.role == "admin":
+            address = (
+                self.settings.admin_whatsapp if route.channel == "whatsapp" else self.settings.admin_email
+            )
+            if not address:
+                return self._refused(route, "admin", "missing_address", "no admin address configured")
+            return self._target(route, address, "Admin", None)
+        if route.role in ("client", "performer"):
+            person: Person | None = getattr(ctx, route.role)
+            if person is None:
+                return self._refused(route, route.role, "missing_recipient", f"no {route.role}")
+            fallback = f"{route.role}:{person.id}"
+            if route.channel == "in_app":
+                return Target(route.role, fallback, person.first_name, person)
+            opted_in = person.whatsapp_opt_in if route.channel == "whatsapp" else person.email_opt_in
+            address = person.phone if route.channel == "whatsapp" else person.email
+            if not opted_in:
+                recipient = self._normalise_quietly(route.channel, address) or fallback
+                return self._refused(
+                    route, recipient, "opted_out", f"{route.channel}_opt_in is false", "skipped"
+                )
+            if not address:
+                return self._refused(
+                    route, fallback, "missing_address", f"{route.role} has no {route.channel}"
+                )
+            return self._target(route, address, person.first_name, person, fallback)
+        if route.role == "applicant" and ctx.application is not None:
+            app = ctx.application
+            first = app.full_name.split(" ", 1)[0]
+            return self._target(route, app.email, first, None, f"applicant:{app.id}")
+        if route.role == "requester" and ctx.otp_email:
+            return self._target(route, ctx.otp_email, "", None, "requester:unknown")
+        return self._refused(route, f"{route.role}:unknown", "missing_recipient", f"no {route.role}")
+
+    def _target(
+        self, route: Route, address: str, name: str, person: Person | None, fallback: str | None = None
+    ) -> Target | None:
+        try:
+            normalised = self.normalise(route.channel, address)
+        except PermanentDeliveryError as exc:
+            return self._refused(route, fallback or f"{route.role}:unknown", exc.code or "invalid", str(exc))
+        return Target(route.role, normalised, name, person)
+
+    def normalise(self, channel: str, address: str) -> str:
+        """E.164 for WhatsApp, lower-cased for email; raises PermanentDeliveryError when unusable."""
+        if channel == "whatsapp":
+            return to_e164(address, self.settings.default_phone_region)
+        email = address.strip().lower()
+        if "@" not in email or email.startswith("@") or email.endswith("@") or " " in email:
+            raise PermanentDeliveryError("invalid email address", code="invalid_email")
+        return email
+
+    def _normalise_quietly(self, channel: str, address: str | None) -> str | None:
+        if not address:
+            return None
+        with contextlib.suppress(PermanentDeliveryError):
+            return self.normalise(channel, address)
+        return None
+
+    def _refused(self, *args: Any) -> None:
+        self.refuse(*args)
+        return None
+
+    def refuse(
+        self, route: Route, recipient: str, code: str, reason: str, status: str = "failed"
+    ) -> DeliveryRecord | None:
+        """Record that `route` is not sent to `recipient` (opted out, no or bad address)."""
+        key = f"{route.channel} {recipient}"
+        if key in self.already or key in self._claimed:
+            return None
+        self._claimed.add(key)
+        return self.record(
+            DeliveryRecord(
+                channel=route.channel,
+                recipient=recipient,
+                status=status,  # type: ignore[arg-type]
+                recipient_role=route.role,
+                template=route.template,
+                error_code=code,
+                error_message=reason,
+            )
+        )
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, route: Route, ctx: MessageContext, target: Target) -> Rendered:
+        variables = ctx.template_vars()
+        variables.update(role=target.role, name=target.name or "there", recipient=target.person)
+        return self.dispatcher.templates.render(route.channel, route.template, variables)
+
+    # ------------------------------------------------------------------ sending
+    async def send(self, message: Message) -> DeliveryRecord | None:
+        """Send one message unless the ledger already has it; record what happened.
+
+        A transient failure records nothing (the event retries and the ledger stays silent
+        about this recipient, so the retry sends it); it is kept in `self.transient`.
+        """
+        key = f"{message.channel} {message.recipient}"
+        if key in self.already or key in self._claimed:
+            return None
+        self._claimed.add(key)
+        message.idempotency_key = self._idempotency_key(message)
+        transport = self.dispatcher.transports[message.channel]
+        try:
+            sent = await transport.send(message)
+        except TransientDeliveryError as exc:
+            self._claimed.discard(key)
+            if self.transient is None or (exc.retry_after or 0) > (self.transient.retry_after or 0):
+                self.transient = exc
+            METRICS.deliveries.labels(message.channel, "retry").inc()
+            log.warning(
+                "delivery.transient_error",
+                event_id=self.event_id,
+                channel=message.channel,
+                provider=transport.name,
+                error_code=exc.code,
+                error=str(exc),
+                retry_after=exc.retry_after,
+            )
+            return None
+        except PermanentDeliveryError as exc:
+            log.warning(
+                "delivery.failed",
+                event_id=self.event_id,
+                channel=message.channel,
+                provider=transport.name,
+                error_code=exc.code,
+                error=str(exc),
+            )
+            return self.record(self._record(message, "failed", error_code=exc.code, error_message=str(exc)))
+        return self.record(self._record(message, sent.status, provider_message_id=sent.provider_message_id))
+
+    def record(self, record: DeliveryRecord) -> DeliveryRecord:
+        self.records.append(record)
+        METRICS.deliveries.labels(record.channel, record.status).inc()
+        return record
+
+    @staticmethod
+    def _record(message: Message, status: str, **extra: Any) -> DeliveryRecord:
+        return DeliveryRecord(
+            channel=message.channel,
+            recipient=message.recipient,
+            status=status,  # type: ignore[arg-type]
+            recipient_role=message.role,
+            template=message.template,
+            **extra,
+        )
+
+    def _idempotency_key(self, message: Message) -> str:
+        """Stable per (event, channel, recipient), so a provider can drop our own retries."""
+        if self.event_id is not None:
+            basis = f"{self.event_id}|{message.channel}|{message.recipient}"
+        else:  # a direct call: the same content to the same person is the same message
+            basis = f"direct|{message.channel}|{message.recipient}|{message.subject}|{message.text}"
+        return "flavor-" + hashlib.sha256(basis.encode()).hexdigest()[:40]

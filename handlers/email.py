@@ -1,0 +1,185 @@
+"""Email notifications: the seed's `src/integrations/email` functions, in Python.
+
+`send_email` is the one way out (HTML and plain text, an Idempotency-Key per (event, channel,
+recipient)); the `get_*_email` builders return subject/html/text from the Jinja2 templates;
+the `send_*_email` functions name an event kind and let the routing table pick recipients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html as html_lib
+import re
+from decimal import Decimal
+
+from handlers.contract import DeliveryRecord, PermanentDeliveryError
+from handlers.delivery import Message, current_scope
+from handlers.models import Application, Booking, MessageContext, Person
+from handlers.rendering import Rendered
+from handlers.routing import Route, routes_for
+
+_TAG = re.compile(r"<[^>]+>")
+_BLANKS = re.compile(r"\n\s*\n+")
+
+
+async def send_email(
+    to: str,
+    subject: str,
+    html: str,
+    reply_to: str | None = None,
+    *,
+    text: str | None = None,
+    role: str = "direct",
+    template: str | None = None,
+    secret: str | None = None,
+) -> DeliveryRecord | None:
+    """Send one email with both an HTML and a plain-text part (`text` derived from `html` if absent).
+
+    `secret` names a value (an OTP code) the console transport must never print.
+    Returns the ledger record, or None when the ledger already shows this email sent.
+    """
+    scope = current_scope()
+    try:
+        address = scope.normalise("email", to)
+    except PermanentDeliveryError as exc:
+        route = Route(role, "email", template or "direct")  # type: ignore[arg-type]
+        return scope.refuse(route, f"{role}:invalid", exc.code or "invalid_email", str(exc))
+    return await scope.send(
+        Message(
+            channel="email",
+            recipient=address,
+            subject=subject,
+            html=html,
+            text=text if text is not None else html_to_text(html),
+            reply_to=reply_to,
+            role=role,
+            template=template,
+            secret=secret,
+        )
+    )
+
+
+def html_to_text(html: str) -> str:
+    """A readable plain-text part for callers that only have HTML."""
+    return _BLANKS.sub("\n\n", html_lib.unescape(_TAG.sub("", html))).strip()
+
+
+# ---------------------------------------------------------------------- builders (seed names)
+def get_booking_confirmation_email(booking: Booking, client: Person, performer: Person) -> Rendered:
+    """The client's booking confirmation (sent when the deposit is verified)."""
+    ctx = MessageContext(booking=booking, client=client, performer=performer)
+    return render_email("booking_confirmation", ctx, role="client", name=client.first_name)
+
+
+def get_otp_email(otp: str, expiry_minutes: int) -> Rendered:
+    """The verification-code email; the code appears nowhere else."""
+    return render_email("otp", MessageContext(otp_code=otp, expiry_minutes=expiry_minutes), role="requester")
+
+
+def get_vetting_approval_email(application: Application, approved: bool, notes: str | None) -> Rendered:
+    """The applicant's vetting decision, approved or not, with the reviewer's notes."""
+    ctx = MessageContext(application=application, approved=approved, notes=notes)
+    return render_email(
+        "vetting_decision", ctx, role="applicant", name=application.full_name.split(" ", 1)[0]
+    )
+
+
+def render_email(template: str, ctx: MessageContext, *, role: str, name: str = "") -> Rendered:
+    variables = ctx.template_vars()
+    variables.update(role=role, name=name or "there", recipient=None)
+    return current_scope().dispatcher.templates.render("email", template, variables)
+
+
+# ---------------------------------------------------------------------- senders (seed names)
+async def send_booking_confirmation_email(
+    booking: Booking, client: Person, performer: Person
+) -> list[DeliveryRecord]:
+    """Booking confirmed (deposit verified)."""
+    return await send_routes(
+        "booking.deposit_verified", MessageContext(booking=booking, client=client, performer=performer)
+    )
+
+
+async def send_booking_received_email(
+    booking: Booking, client: Person, performer: Person
+) -> list[DeliveryRecord]:
+    """A new booking request was received."""
+    return await send_routes(
+        "booking.created", MessageContext(booking=booking, client=client, performer=performer)
+    )
+
+
+async def send_deposit_instructions_email(
+    booking: Booking, client: Person, performer: Person
+) -> list[DeliveryRecord]:
+    """The booking is approved: how to pay the deposit."""
+    return await send_routes(
+        "booking.approved", MessageContext(booking=booking, client=client, performer=performer)
+    )
+
+
+async def send_booking_cancelled_email(
+    booking: Booking, client: Person, performer: Person, reason: str | None
+) -> list[DeliveryRecord]:
+    """The booking was cancelled, with the reason."""
+    ctx = MessageContext(booking=booking, client=client, performer=performer, reason=reason)
+    return await send_routes("booking.cancelled", ctx)
+
+
+async def send_booking_reminder_email(
+    booking: Booking, client: Person, performer: Person, hours_until_event: int
+) -> list[DeliveryRecord]:
+    """Reminder email `hours_until_event` hours before the event."""
+    ctx = MessageContext(
+        booking=booking, client=client, performer=performer, hours_until_event=hours_until_event
+    )
+    return await send_routes("booking.reminder_due", ctx)
+
+
+async def send_payment_reminder_email(
+    booking: Booking, client: Person, performer: Person, outstanding: Decimal
+) -> list[DeliveryRecord]:
+    """The balance still owed before the event."""
+    ctx = MessageContext(booking=booking, client=client, performer=performer, outstanding=outstanding)
+    return await send_routes("booking.payment_due", ctx)
+
+
+async def send_otp_email(email: str, otp: str, expiry_minutes: int) -> list[DeliveryRecord]:
+    """Send a one-time code to `email`."""
+    return await send_routes(
+        "otp.created", MessageContext(otp_email=email, otp_code=otp, expiry_minutes=expiry_minutes)
+    )
+
+
+async def send_vetting_approval_email(
+    application: Application, approved: bool, notes: str | None
+) -> list[DeliveryRecord]:
+    """Tell an applicant the vetting decision."""
+    return await send_routes(
+        "vetting.decided", MessageContext(application=application, approved=approved, notes=notes)
+    )
+
+
+async def send_routes(kind: str, ctx: MessageContext) -> list[DeliveryRecord]:
+    """Send every email route of `kind`, concurrently; returns the records made."""
+    scope = current_scope()
+    sends = []
+    for route in routes_for(kind, "email"):
+        target = scope.resolve(route, ctx)
+        if target is None:
+            continue
+        rendered = scope.render(route, ctx, target)
+        sends.append(
+            send_email(
+                target.address,
+                rendered.subject or "",
+                rendered.html or "",
+                text=rendered.text,
+                reply_to=scope.settings.admin_email,
+                role=route.role,
+                template=route.template,
+                secret=ctx.otp_code,
+            )
+        )
+    results = await asyncio.gather(*sends)
+    return [record for record in results if record is not None]

@@ -1,0 +1,122 @@
+"""What notifications are about: a booking and its two parties, an OTP, a vetting application.
+
+Plain immutable records loaded in bulk by the router's `prepare()`; the seed's functions
+(`notify_booking_created(booking, client, performer)`, ...) take these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from functools import cached_property
+from typing import Any
+from zoneinfo import ZoneInfo
+
+_DEFAULT_TZ = "Australia/Sydney"
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """A client or a performer, as far as messaging cares."""
+
+    id: str
+    name: str
+    full_name: str | None
+    email: str | None
+    phone: str | None
+    whatsapp_opt_in: bool = True
+    email_opt_in: bool = True
+
+    @property
+    def first_name(self) -> str:
+        return (self.full_name or self.name).split(" ", 1)[0]
+
+
+@dataclass(frozen=True)
+class Booking:
+    """A booking row; times are shown in the booking's own time zone."""
+
+    id: str
+    reference: str
+    status: str
+    event_type: str | None
+    event_start: datetime
+    event_end: datetime | None
+    venue: str | None
+    timezone: str
+    total_amount: Decimal
+    deposit_amount: Decimal
+    amount_paid: Decimal
+    cancellation_reason: str | None
+
+    @cached_property
+    def zone(self) -> ZoneInfo:
+        try:
+            return ZoneInfo(self.timezone or _DEFAULT_TZ)
+        except (KeyError, ValueError):  # an unknown zone must not stop the message
+            return ZoneInfo(_DEFAULT_TZ)
+
+    @cached_property
+    def starts(self) -> str:
+        """ "Saturday 14 March 2026, 7:30 pm AEDT" in the booking's zone."""
+        return format_local(self.event_start, self.zone)
+
+    @property
+    def outstanding(self) -> Decimal:
+        return self.total_amount - self.amount_paid
+
+
+@dataclass(frozen=True, slots=True)
+class OtpCode:
+    """A one-time code row; `code` must only ever reach the email body."""
+
+    id: str
+    email: str
+    code: str = field(repr=False)
+    purpose: str
+    expires_at: datetime
+    used_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Application:
+    """A performer's vetting application."""
+
+    id: str
+    full_name: str
+    stage_name: str | None
+    email: str
+    phone: str | None
+    status: str
+    review_notes: str | None
+
+
+@dataclass(slots=True)
+class MessageContext:
+    """Everything a template or a recipient lookup may need for one event's messages."""
+
+    booking: Booking | None = None
+    client: Person | None = None
+    performer: Person | None = None
+    reason: str | None = None
+    hours_until_event: int | None = None
+    outstanding: Decimal | None = None
+    otp_email: str | None = None
+    otp_code: str | None = field(default=None, repr=False)
+    otp_purpose: str | None = None
+    expiry_minutes: int | None = None
+    application: Application | None = None
+    approved: bool | None = None
+    notes: str | None = None
+
+    def template_vars(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+
+def format_local(moment: datetime, zone: ZoneInfo) -> str:
+    """A human date and time in `zone`, without platform-specific strftime flags."""
+    local = moment.astimezone(zone)
+    hour = local.hour % 12 or 12
+    half = "am" if local.hour < 12 else "pm"
+    return f"{local:%A} {local.day} {local:%B %Y}, {hour}:{local:%M} {half} {local.tzname()}"

@@ -1,0 +1,70 @@
+"""Message wording: Jinja2 templates under `handlers/templates/<channel>/`, compiled once.
+
+File conventions (one place to reword a message):
+
+* `whatsapp/<name>.txt`: the WhatsApp body.
+* `email/<name>.txt`: first line is the subject, the rest the plain-text part;
+  `email/<name>.html`: the HTML part (autoescaped; every value is escaped).
+* `in_app/<name>.txt`: first line is the notification title, the rest its message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, select_autoescape
+
+TEMPLATE_DIR = Path(__file__).with_name("templates")
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """One rendered message: `subject` for email and in-app titles, `html` for email only."""
+
+    text: str
+    subject: str | None = None
+    html: str | None = None
+
+
+def aud(value: Decimal | int | float | str | None) -> str:
+    """Amounts are Australian dollars with two decimals: `$1,234.50 AUD`."""
+    amount = Decimal(str(value if value is not None else 0))
+    return f"${amount:,.2f} AUD"
+
+
+class Templates:
+    """The compiled templates, with the app's base URL available to all of them as `app_url`."""
+
+    def __init__(self, app_url: str) -> None:
+        self.env = Environment(
+            loader=FileSystemLoader(TEMPLATE_DIR),
+            autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=False,
+        )
+        self.env.filters["aud"] = aud
+        self.env.globals["app_url"] = app_url.rstrip("/")
+        self._cache: dict[str, Template] = {}
+
+    def _template(self, path: str) -> Template:
+        template = self._cache.get(path)
+        if template is None:
+            template = self._cache[path] = self.env.get_template(path)
+        return template
+
+    def exists(self, channel: str, name: str) -> bool:
+        return (TEMPLATE_DIR / channel / f"{name}.txt").is_file()
+
+    def render(self, channel: str, name: str, variables: dict[str, Any]) -> Rendered:
+        """Render one message of `channel` from template `name`."""
+        text = self._template(f"{channel}/{name}.txt").render(variables).strip()
+        if channel == "whatsapp":
+            return Rendered(text=text)
+        subject, _, body = text.partition("\n")
+        html = self._template(f"email/{name}.html").render(variables) if channel == "email" else None
+        return Rendered(text=body.strip(), subject=subject.strip(), html=html)

@@ -1,0 +1,245 @@
+"""The `EventHandler` the claim loop drives: events in, deliveries (and ledger records) out.
+
+`prepare()` loads, in ONE query per batch, every row the batch's messages need plus what the
+ledger already holds for each event; `handle()` opens a delivery scope for the event and calls
+the seed-named functions for its kind, which consult the routing table and send concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from handlers.contract import Event, Outcome, PermanentDeliveryError
+from handlers.delivery import DeliveryScope, Dispatcher, current_scope, delivering, install_dispatcher
+from handlers.email import (
+    send_booking_cancelled_email,
+    send_booking_confirmation_email,
+    send_booking_received_email,
+    send_booking_reminder_email,
+    send_deposit_instructions_email,
+    send_otp_email,
+    send_payment_reminder_email,
+    send_vetting_approval_email,
+)
+from handlers.in_app import add_in_app_notifications
+from handlers.models import Application, Booking, MessageContext, OtpCode, Person
+from handlers.routing import Route
+from handlers.transports import build_transports
+from handlers.whatsapp import (
+    notify_booking_accepted,
+    notify_booking_approved,
+    notify_booking_cancelled,
+    notify_booking_created,
+    notify_deposit_uploaded,
+    notify_deposit_verified,
+    send_booking_reminder,
+    send_payment_reminder,
+)
+from listener.queries import load_queries
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+    from listener.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+QUERIES = load_queries(Path(__file__).with_name("queries.sql"))
+
+
+@dataclass(frozen=True, slots=True)
+class EventData:
+    """What one event's messages need, loaded by `prepare()`."""
+
+    booking: Booking | None
+    client: Person | None
+    performer: Person | None
+    otp: OtpCode | None
+    application: Application | None
+    #: "<channel> <recipient>" of every ledger row this event already has.
+    ledger: frozenset[str]
+
+    def parties(self) -> tuple[Booking, Person, Person]:
+        if self.booking is None or self.client is None or self.performer is None:
+            raise PermanentDeliveryError("booking (or its client/performer) not found", code="not_found")
+        return self.booking, self.client, self.performer
+
+
+Sender = Callable[[Event, EventData], Awaitable[Any]]
+
+
+class NotificationRouter:
+    """Routes every catalog event to its WhatsApp, email and in-app deliveries."""
+
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+        transports = build_transports(settings, pool, QUERIES["insert_notification"])
+        self.dispatcher = Dispatcher(settings, transports)
+        install_dispatcher(self.dispatcher)
+        log.info(
+            "router.ready",
+            whatsapp=transports["whatsapp"].name,
+            email=transports["email"].name,
+        )
+
+    async def prepare(self, events: Sequence[Event]) -> dict[int, EventData]:
+        """One query for the whole batch (never one per event)."""
+        routed = [event for event in events if event.kind in SENDERS]
+        if not routed:
+            return {}
+        params = {
+            "event_ids": [event.id for event in routed],
+            "booking_ids": [_uuid(event.payload.get("booking_id")) for event in routed],
+            "otp_ids": [_uuid(event.payload.get("otp_id")) for event in routed],
+            "application_ids": [_uuid(event.payload.get("application_id")) for event in routed],
+        }
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(QUERIES["load_event_context"], params, prepare=True)
+            rows = await cur.fetchall()
+        return {row[0]: _event_data(row) for row in rows}
+
+    async def handle(self, event: Event, context: dict[int, EventData]) -> Outcome:
+        sender = SENDERS.get(event.kind)
+        if sender is None:  # not a notification event (e.g. booking.completed): nothing to send
+            return Outcome()
+        data = context.get(event.id) or EventData(None, None, None, None, None, frozenset())
+        scope = DeliveryScope(self.dispatcher, event.id, data.ledger)
+        with delivering(scope):
+            try:
+                await sender(event, data)
+            except PermanentDeliveryError as exc:
+                return Outcome(deliveries=scope.records, error=exc)
+        return Outcome(deliveries=scope.records, error=scope.transient)
+
+    async def close(self) -> None:
+        """Close the providers' HTTP clients (on daemon shutdown)."""
+        await self.dispatcher.close()
+
+
+# ---------------------------------------------------------------------------- per event kind
+async def _booking_created(event: Event, data: EventData) -> None:
+    b, c, p = data.parties()
+    await asyncio.gather(notify_booking_created(b, c, p), send_booking_received_email(b, c, p))
+
+
+async def _booking_approved(event: Event, data: EventData) -> None:
+    b, c, p = data.parties()
+    await asyncio.gather(notify_booking_approved(b, c, p), send_deposit_instructions_email(b, c, p))
+
+
+async def _deposit_uploaded(event: Event, data: EventData) -> None:
+    await notify_deposit_uploaded(*data.parties())
+
+
+async def _deposit_verified(event: Event, data: EventData) -> None:
+    b, c, p = data.parties()
+    await asyncio.gather(notify_deposit_verified(b, c, p), send_booking_confirmation_email(b, c, p))
+
+
+async def _booking_accepted(event: Event, data: EventData) -> None:
+    await notify_booking_accepted(*data.parties())
+
+
+async def _booking_cancelled(event: Event, data: EventData) -> None:
+    b, c, p = data.parties()
+    # The reason captured by the trigger is what the parties must hear, even if edited since.
+    reason = event.payload.get("reason") or b.cancellation_reason
+    await asyncio.gather(
+        notify_booking_cancelled(b, c, p, reason), send_booking_cancelled_email(b, c, p, reason)
+    )
+
+
+async def _reminder_due(event: Event, data: EventData) -> None:
+    b, c, p = data.parties()
+    hours = event.payload.get("hours_until_event")
+    if not isinstance(hours, int):
+        hours = max(0, round((b.event_start - datetime.now(UTC)).total_seconds() / 3600))
+    ctx = MessageContext(booking=b, client=c, performer=p, hours_until_event=hours)
+    await asyncio.gather(
+        send_booking_reminder(b, c, p, hours),
+        send_booking_reminder_email(b, c, p, hours),
+        add_in_app_notifications(event.kind, ctx),
+    )
+
+
+async def _payment_due(event: Event, data: EventData) -> None:
+    b, c, p = data.parties()
+    try:
+        outstanding = Decimal(str(event.payload["outstanding"]))
+    except (KeyError, InvalidOperation):
+        outstanding = b.outstanding
+    ctx = MessageContext(booking=b, client=c, performer=p, outstanding=outstanding)
+    await asyncio.gather(
+        send_payment_reminder(b, c, p, outstanding),
+        send_payment_reminder_email(b, c, p, outstanding),
+        add_in_app_notifications(event.kind, ctx),
+    )
+
+
+async def _otp_created(event: Event, data: EventData) -> None:
+    otp = data.otp
+    if otp is None:
+        raise PermanentDeliveryError("otp code not found", code="not_found")
+    now = datetime.now(UTC)
+    if otp.used_at is not None or otp.expires_at <= now:
+        scope = current_scope()
+        reason = "used" if otp.used_at is not None else "expired"
+        recipient = otp.email.strip().lower()
+        scope.refuse(
+            Route("requester", "email", "otp"), recipient, reason, f"otp already {reason}", "skipped"
+        )
+        return
+    minutes = max(1, math.ceil((otp.expires_at - now).total_seconds() / 60))
+    await send_otp_email(otp.email, otp.code, minutes)
+
+
+async def _vetting_decided(event: Event, data: EventData) -> None:
+    application = data.application
+    if application is None:
+        raise PermanentDeliveryError("vetting application not found", code="not_found")
+    decision = event.payload.get("decision") or application.status
+    await send_vetting_approval_email(application, decision == "approved", application.review_notes)
+
+
+#: Which of the seed's functions each event kind calls (who hears what: handlers.routing.ROUTES).
+SENDERS: dict[str, Sender] = {
+    "booking.created": _booking_created,
+    "booking.approved": _booking_approved,
+    "booking.deposit_uploaded": _deposit_uploaded,
+    "booking.deposit_verified": _deposit_verified,
+    "booking.accepted": _booking_accepted,
+    "booking.cancelled": _booking_cancelled,
+    "booking.reminder_due": _reminder_due,
+    "booking.payment_due": _payment_due,
+    "otp.created": _otp_created,
+    "vetting.decided": _vetting_decided,
+}
+
+
+def _uuid(value: Any) -> str | None:
+    """A payload id, or None when it is not a uuid (so one bad event cannot break the batch query)."""
+    if not value:
+        return None
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return None
+
+
+def _event_data(row: tuple[Any, ...]) -> EventData:
+    booking = Booking(*row[1:13]) if row[1] is not None else None
+    client = Person(*row[13:20]) if row[13] is not None else None
+    performer = Person(*row[20:27]) if row[20] is not None else None
+    otp = OtpCode(*row[27:33]) if row[27] is not None else None
+    application = Application(*row[33:40]) if row[33] is not None else None
+    return EventData(booking, client, performer, otp, application, frozenset(row[40]))
