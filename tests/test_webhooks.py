@@ -1,0 +1,300 @@
+"""Twilio webhooks in-process on a real database: signatures, inbound commands, status callbacks.
+
+Requests are signed with the twilio SDK's own `RequestValidator`, as Twilio signs them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from twilio.request_validator import RequestValidator
+
+from tests.appdata import add_booking, add_client, add_performer, events
+from tests.httpapp import BASE_URL, LiveSurface, live_surface
+
+TOKEN = "twilio-auth-token-for-tests"
+PERFORMER = "whatsapp:+61400000003"  # tests.appdata's performer, stored as "+61400000003"
+CLIENT = "whatsapp:+61400000002"  # the client, stored as typed: "0400 000 002"
+ADMIN = "+61400000009"
+STRANGER = "whatsapp:+61400000099"
+INBOUND = "/webhooks/twilio/whatsapp"
+STATUS = "/webhooks/twilio/status"
+
+
+def sign(url: str, params: dict[str, str], token: str = TOKEN) -> str:
+    return RequestValidator(token).compute_signature(url, params)
+
+
+async def post_signed(
+    live: LiveSurface, path: str, params: dict[str, str], url: str | None = None
+) -> httpx.Response:
+    signature = sign(url or f"{BASE_URL}{path}", params)
+    return await live.client.post(path, data=params, headers={"X-Twilio-Signature": signature})
+
+
+def inbound(sender: str, body: str) -> dict[str, str]:
+    return {
+        "MessageSid": "SMinbound0001",
+        "AccountSid": "ACtest",
+        "From": sender,
+        "To": "whatsapp:+14155238886",
+        "Body": body,
+        "NumMedia": "0",
+    }
+
+
+@pytest.fixture
+def booking(db: psycopg.Connection) -> dict[str, Any]:
+    """A deposit-verified booking between the test client and performer, plus a second performer's."""
+    client, performer = add_client(db), add_performer(db)
+    other = add_performer(db, stage_name="MC Other", phone="+61400000004")
+    booking_id = add_booking(db, client, performer, status="deposit_verified")
+    other_id = add_booking(db, client, other, status="deposit_verified")
+    reference, other_reference = (
+        db.execute("SELECT reference FROM bookings WHERE id = %s", (b,)).fetchone()[0]
+        for b in (booking_id, other_id)
+    )
+    return {
+        "id": booking_id,
+        "reference": reference,
+        "other_id": other_id,
+        "other_reference": other_reference,
+    }
+
+
+def booking_status(db: psycopg.Connection, booking_id: str) -> str:
+    return db.execute("SELECT status FROM bookings WHERE id = %s", (booking_id,)).fetchone()[0]
+
+
+def audit_rows(db: psycopg.Connection) -> list[tuple[Any, ...]]:
+    return db.execute(
+        "SELECT action, category, entity_id, actor, details FROM audit_logs ORDER BY created_at"
+    ).fetchall()
+
+
+def reply_text(response: httpx.Response) -> str:
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/xml")
+    assert response.text.startswith('<?xml version="1.0" encoding="UTF-8"?><Response><Message>')
+    return response.text
+
+
+# --- signatures ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [INBOUND, STATUS])
+async def test_missing_and_bad_signatures_are_rejected(
+    db: psycopg.Connection, db_url: str, path: str
+) -> None:
+    params = inbound(PERFORMER, "ACCEPT FE-1001")
+    async with live_surface(db_url, twilio_auth_token=TOKEN) as live:
+        missing = await live.client.post(path, data=params)
+        bad = await live.client.post(
+            path, data=params, headers={"X-Twilio-Signature": "bm90LWEtc2lnbmF0dXJl"}
+        )
+        wrong_token = await live.client.post(
+            path,
+            data=params,
+            headers={"X-Twilio-Signature": sign(f"{BASE_URL}{path}", params, "other-token")},
+        )
+        tampered = await live.client.post(
+            path,
+            data={**params, "Body": "DECLINE FE-1001"},
+            headers={"X-Twilio-Signature": sign(f"{BASE_URL}{path}", params)},
+        )
+    for response in (missing, bad, wrong_token, tampered):
+        assert response.status_code == 403
+    assert audit_rows(db) == []
+
+
+async def test_webhooks_are_closed_without_an_auth_token(db_url: str) -> None:
+    params = inbound(PERFORMER, "HELP")
+    async with live_surface(db_url) as live:
+        response = await post_signed(live, INBOUND, params)
+    assert response.status_code == 503
+
+
+async def test_signature_is_checked_against_the_public_url_when_configured(db_url: str) -> None:
+    public = "https://worker.example.com/hooks"
+    params = inbound(PERFORMER, "HELP")
+    async with live_surface(db_url, twilio_auth_token=TOKEN, webhook_base_url=public + "/") as live:
+        as_public = await post_signed(live, INBOUND, params, url=f"{public}{INBOUND}")
+        as_seen_locally = await post_signed(live, INBOUND, params)
+    assert "recognise this number" in reply_text(as_public)
+    assert as_seen_locally.status_code == 403
+
+
+# --- inbound commands ----------------------------------------------------------------
+
+
+async def test_accept_from_the_booked_performer_accepts_the_booking(
+    db: psycopg.Connection, db_url: str, booking: dict[str, Any]
+) -> None:
+    async with live_surface(db_url, twilio_auth_token=TOKEN) as live:
+        response = await post_signed(
+            live, INBOUND, inbound(PERFORMER, f"  accept {booking['reference'].lower()} ")
+        )
+    assert f"{booking['reference']} is accepted" in reply_text(response)
+    assert booking_status(db, booking["id"]) == "accepted"
+    assert booking_status(db, booking["other_id"]) == "deposit_verified"
+    # The ordinary trigger -> event path takes it from here: the client hears through the router.
+    accepted = [e for e in events(db) if e["kind"] == "booking.accepted"]
+    assert [e["subject_id"] for e in accepted] == [booking["id"]]
+    [(action, category, entity_id, actor, details)] = audit_rows(db)
+    assert (action, category, entity_id) == ("whatsapp.booking_accepted", "booking", booking["id"])
+    assert actor.startswith("performer:")
+    assert details == {
+        "source": "whatsapp",
+        "reference": booking["reference"],
+        "status_before": "deposit_verified",
+    }
+
+
+@pytest.mark.parametrize(
+    ("sender", "command"),
+    [
+        (STRANGER, "ACCEPT {reference}"),  # an unknown number
+        (CLIENT, "ACCEPT {reference}"),  # the booking's client is not its performer
+        ("whatsapp:+61400000004", "ACCEPT {reference}"),  # another performer's number
+        (PERFORMER, "ACCEPT {other_reference}"),  # the performer, someone else's booking
+        (PERFORMER, "ACCEPT FE-999999"),  # no such booking
+        (PERFORMER, "ACCEPT"),  # no reference
+        (PERFORMER, "please accept {reference}"),  # not a command
+        ("not a number", "ACCEPT {reference}"),
+    ],
+)
+async def test_commands_that_are_not_the_senders_to_give_change_nothing(
+    db: psycopg.Connection, db_url: str, booking: dict[str, Any], sender: str, command: str
+) -> None:
+    before = events(db)
+    async with live_surface(db_url, twilio_auth_token=TOKEN) as live:
+        response = await post_signed(live, INBOUND, inbound(sender, command.format(**booking)))
+    text = reply_text(response)
+    assert "Sorry" in text or "Please" in text or "Only the booked performer" in text
+    assert booking_status(db, booking["id"]) == "deposit_verified"
+    assert booking_status(db, booking["other_id"]) == "deposit_verified"
+    assert events(db) == before
+    assert audit_rows(db) == []
+    assert db.execute("SELECT count(*) FROM notifications").fetchone() == (0,)
+
+
+async def test_accept_in_a_status_that_does_not_allow_it_changes_nothing(
+    db: psycopg.Connection, db_url: str, booking: dict[str, Any]
+) -> None:
+    db.execute("UPDATE bookings SET status = 'approved' WHERE id = %s", (booking["id"],))
+    async with live_surface(db_url, twilio_auth_token=TOKEN) as live:
+        response = await post_signed(live, INBOUND, inbound(PERFORMER, f"ACCEPT {booking['reference']}"))
+    assert "can't be accepted while it is approved" in reply_text(response)
+    assert booking_status(db, booking["id"]) == "approved"
+    assert audit_rows(db) == []
+
+
+async def test_decline_records_the_refusal_and_alerts_the_admin(
+    db: psycopg.Connection, db_url: str, booking: dict[str, Any]
+) -> None:
+    async with live_surface(db_url, twilio_auth_token=TOKEN) as live:
+        response = await post_signed(live, INBOUND, inbound(PERFORMER, f"DECLINE {booking['reference']}"))
+    assert f"declined {booking['reference']}" in reply_text(response)
+    assert booking_status(db, booking["id"]) == "deposit_verified"
+    [(action, _, entity_id, _, details)] = audit_rows(db)
+    assert (action, entity_id, details["status_before"]) == (
+        "whatsapp.booking_declined",
+        booking["id"],
+        "deposit_verified",
+    )
+    [alert] = db.execute(
+        "SELECT recipient_type, booking_id::text, type, message FROM notifications"
+    ).fetchall()
+    assert alert[:3] == ("admin", booking["id"], "booking_declined")
+    assert "DJ Nova declined booking" in alert[3]
+    [event] = [e for e in events(db) if e["kind"] == "whatsapp.inbound"]
+    assert event["subject_id"] == booking["id"]
+    assert event["payload"]["command"] == "decline"
+    assert event["payload"]["reference"] == booking["reference"]
+
+
+async def test_status_and_help_answer_without_writing(
+    db: psycopg.Connection, db_url: str, booking: dict[str, Any]
+) -> None:
+    before = events(db)
+    async with live_surface(db_url, twilio_auth_token=TOKEN, admin_whatsapp=ADMIN) as live:
+        status = reply_text(
+            await post_signed(live, INBOUND, inbound(CLIENT, f"status {booking['reference']}"))
+        )
+        listing = reply_text(await post_signed(live, INBOUND, inbound(PERFORMER, "STATUS")))
+        admin = reply_text(
+            await post_signed(live, INBOUND, inbound(f"whatsapp:{ADMIN}", f"STATUS {booking['reference']}"))
+        )
+        helped = reply_text(await post_signed(live, INBOUND, inbound(PERFORMER, "help")))
+        stranger = reply_text(await post_signed(live, INBOUND, inbound(STRANGER, "HELP")))
+    assert f"{booking['reference']}: deposit verified - Birthday party on" in status
+    assert booking["reference"] in listing and booking["other_reference"] not in listing
+    assert f"{booking['reference']}: deposit verified" in admin
+    assert "ACCEPT FE-1234" in helped and "DECLINE FE-1234" in helped
+    assert "recognise this number" in stranger
+    assert events(db) == before
+    assert audit_rows(db) == []
+
+
+# --- status callbacks ----------------------------------------------------------------
+
+
+def add_delivery(db: psycopg.Connection, message_id: str, status: str = "sent") -> int:
+    event_id = db.execute(
+        "INSERT INTO worker.events (kind, subject_id, status)"
+        " VALUES ('booking.accepted', 'b1', 'done') RETURNING id"
+    ).fetchone()[0]
+    db.execute(
+        "INSERT INTO worker.deliveries"
+        " (event_id, channel, recipient, recipient_role, status, provider_message_id)"
+        " VALUES (%s, 'whatsapp', '+61400000002', 'client', %s, %s)",
+        (event_id, status, message_id),
+    )
+    return event_id
+
+
+def ledger(db: psycopg.Connection, message_id: str) -> tuple[str, str | None]:
+    return db.execute(
+        "SELECT status, error_code FROM worker.deliveries WHERE provider_message_id = %s", (message_id,)
+    ).fetchone()
+
+
+def callback(message_id: str, status: str, **extra: str) -> dict[str, str]:
+    return {"MessageSid": message_id, "MessageStatus": status, "AccountSid": "ACtest", **extra}
+
+
+async def test_status_callbacks_update_the_ledger(db: psycopg.Connection, db_url: str) -> None:
+    add_delivery(db, "SMdelivered")
+    add_delivery(db, "SMfailed")
+    add_delivery(db, "SMundelivered")
+    async with live_surface(db_url, twilio_auth_token=TOKEN) as live:
+
+        async def post(params: dict[str, str]) -> None:
+            assert (await post_signed(live, STATUS, params)).status_code == 204
+
+        await post(callback("SMdelivered", "sent"))
+        assert ledger(db, "SMdelivered") == ("sent", None)
+        await post(callback("SMdelivered", "delivered"))
+        assert ledger(db, "SMdelivered") == ("delivered", None)
+        await post(callback("SMdelivered", "read"))
+        assert ledger(db, "SMdelivered") == ("read", None)
+        await post(callback("SMdelivered", "delivered"))  # late and out of order: read stays
+        assert ledger(db, "SMdelivered") == ("read", None)
+
+        await post(callback("SMfailed", "failed", ErrorCode="63016"))
+        await post(callback("SMundelivered", "undelivered", ErrorCode="30008"))
+        await post(callback("SMunknown", "delivered"))
+    assert ledger(db, "SMfailed") == ("failed", "63016")
+    assert ledger(db, "SMundelivered") == ("undelivered", "30008")
+    assert db.execute("SELECT count(*) FROM worker.deliveries").fetchone() == (3,)
+
+
+async def test_unsigned_status_callback_changes_nothing(db: psycopg.Connection, db_url: str) -> None:
+    add_delivery(db, "SMx")
+    async with live_surface(db_url, twilio_auth_token=TOKEN) as live:
+        response = await live.client.post(STATUS, data=callback("SMx", "failed", ErrorCode="30008"))
+    assert response.status_code == 403
+    assert ledger(db, "SMx") == ("sent", None)
