@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -60,9 +60,18 @@ class JobScheduler:
         """True between start() and shutdown() (for /healthz)."""
         return bool(self._scheduler.running)
 
-    def next_run_times(self) -> dict[str, datetime | None]:
-        """When each job fires next (None before start())."""
-        return {job.id: job.next_run_time for job in self._scheduler.get_jobs()}
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Each scheduled job's crontab, next fire time and run policy (empty before start())."""
+        return {
+            job.id: {
+                "schedule": str(job.trigger),
+                "next_run_time": job.next_run_time,
+                "misfire_grace_time": job.misfire_grace_time,
+                "coalesce": job.coalesce,
+                "max_instances": job.max_instances,
+            }
+            for job in self._scheduler.get_jobs()
+        }
 
     def start(self) -> None:
         """Schedule the jobs and catch up missed ticks; call from inside the running loop."""
