@@ -17,6 +17,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 
 from handlers.router import NotificationRouter
 from listener.db import create_pool, redacted_target
+from listener.http import HttpServer, Surface, create_app
 from listener.migrate import migrate, pending_migrations
 from listener.settings import Settings
 from listener.stream import EventStream
@@ -73,14 +74,27 @@ async def run_daemon(settings: Settings, conninfo: str) -> None:
     if settings.scheduler_enabled:
         scheduler = JobScheduler(pool, settings, worker_id=worker.worker_id)
         scheduler.start()
+    http: HttpServer | None = None
+    if settings.port:
+        http = HttpServer(create_app(Surface(settings, pool, stream, scheduler)), settings.port)
+    http_failed = False
     worker_task = asyncio.create_task(worker.run(), name="worker")
     stop_task = asyncio.create_task(stop.wait(), name="stop-signal")
     try:
+        if http is not None:
+            try:
+                await http.start()
+            except OSError as exc:  # e.g. the port is taken: stop cleanly, then exit non-zero
+                log.error("http.cannot_start", port=settings.port, error=str(exc))
+                http_failed = True
+                stop.set()
         await asyncio.wait({worker_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         log.info("daemon.stopping")
         worker.stop()
         await worker_task
     finally:
+        if http is not None:
+            await http.stop()
         for task in (stream_task, stop_task):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -92,3 +106,5 @@ async def run_daemon(settings: Settings, conninfo: str) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         log.info("daemon.stopped")
+    if http_failed:
+        raise SystemExit(1)
