@@ -5,6 +5,7 @@ Requests are signed with the twilio SDK's own `RequestValidator`, as Twilio sign
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import httpx
@@ -12,10 +13,13 @@ import psycopg
 import pytest
 from twilio.request_validator import RequestValidator
 
+from listener.fake_providers import FakeProviders
 from tests.appdata import add_booking, add_client, add_performer, events
 from tests.httpapp import BASE_URL, LiveSurface, live_surface
+from tests.waiting import wait_until
 
 TOKEN = "twilio-auth-token-for-tests"
+CRON_SECRET = "a-long-random-cron-secret-of-40-characters"
 PERFORMER = "whatsapp:+61400000003"  # tests.appdata's performer, stored as "+61400000003"
 CLIENT = "whatsapp:+61400000002"  # the client, stored as typed: "0400 000 002"
 ADMIN = "+61400000009"
@@ -298,3 +302,81 @@ async def test_unsigned_status_callback_changes_nothing(db: psycopg.Connection, 
         response = await live.client.post(STATUS, data=callback("SMx", "failed", ErrorCode="30008"))
     assert response.status_code == 403
     assert ledger(db, "SMx") == ("sent", None)
+
+
+# --- the real daemon, end to end -------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_daemon_with_port_accepts_a_signed_accept_and_the_client_hears_of_it(
+    db: psycopg.Connection, db_url: str, spawn_worker: Any
+) -> None:
+    with db.transaction():
+        db.execute("SET LOCAL flavor_worker.silence = 'on'")
+        client, performer = add_client(db), add_performer(db)
+        booking_id = add_booking(db, client, performer, status="deposit_verified")
+    reference = db.execute("SELECT reference FROM bookings WHERE id = %s", (booking_id,)).fetchone()[0]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with FakeProviders() as fake:
+        worker = spawn_worker(
+            db_url,
+            PORT=str(port),
+            CRON_SECRET=CRON_SECRET,
+            TWILIO_ACCOUNT_SID="AC" + "0" * 32,
+            TWILIO_AUTH_TOKEN=TOKEN,
+            TWILIO_WHATSAPP_NUMBER="+14155238886",
+            TWILIO_API_BASE_URL=fake.url,
+            ADMIN_WHATSAPP=ADMIN,
+            RESEND_API_KEY="re_test_key",
+            RESEND_API_URL=fake.url,
+            ADMIN_EMAIL="admin@example.com",
+        )
+        with httpx.Client(base_url=base, timeout=5) as http:
+            health = wait_until(lambda: _healthy(http), timeout=30, message="the daemon healthy on PORT")
+            assert health.json()["listener"] is True
+            assert "flavor_events_done_total" in http.get("/metrics").text
+            assert http.get("/api/cron/reminders").status_code == 401
+            cron = http.get("/api/cron/reminders", headers={"Authorization": f"Bearer {CRON_SECRET}"})
+            assert cron.status_code == 200 and cron.json()["success"] is True
+
+            params = inbound(PERFORMER, f"ACCEPT {reference}")
+            url = f"{base}{INBOUND}"
+            reply = http.post(INBOUND, data=params, headers={"X-Twilio-Signature": sign(url, params)})
+            assert f"{reference} is accepted" in reply_text(reply)
+            assert booking_status(db, booking_id) == "accepted"
+
+            def client_message() -> Any:
+                sent = [r for r in fake.received("twilio") if r.body.get("To") == CLIENT]
+                return sent[0] if sent else None
+
+            message = wait_until(client_message, timeout=20, message="the client's WhatsApp")
+            assert reference in message.body["Body"]
+            sid = message.response["sid"]
+            wait_until(
+                lambda: db.execute(
+                    "SELECT 1 FROM worker.deliveries WHERE provider_message_id = %s", (sid,)
+                ).fetchone(),
+                message="the ledger row of the client's message",
+            )
+            status = callback(sid, "delivered")
+            answer = http.post(
+                STATUS, data=status, headers={"X-Twilio-Signature": sign(f"{base}{STATUS}", status)}
+            )
+            assert answer.status_code == 204
+            assert ledger(db, sid) == ("delivered", None)
+        assert worker.terminate(timeout=30) == 0
+    assert worker.events_logged("http.stopped")
+
+
+def _healthy(http: httpx.Client) -> httpx.Response | None:
+    try:
+        response = http.get("/healthz")
+    except httpx.TransportError:
+        return None
+    return response if response.status_code == 200 else None
