@@ -1,0 +1,304 @@
+"""End to end: rows written by the app become WhatsApp messages and emails, through the real
+router in a worker, the real twilio and resend SDKs, and the fake providers over HTTP."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from listener.cli import main as cli
+from listener.fake_providers import FakeProviders, Recorded, Reply
+from listener.logs import configure_logging
+from tests.appdata import add_booking, add_client, add_party, add_performer, events
+from tests.notifyharness import (
+    RESEND_KEY,
+    TWILIO_TOKEN,
+    ledger,
+    provider_settings,
+    running_router,
+    wait_finished,
+)
+from tests.waiting import async_wait_until
+
+ADMIN, CLIENT, PERFORMER = "whatsapp:+61400000001", "whatsapp:+61400000002", "whatsapp:+61400000003"
+CLIENT_EMAIL = "ann@example.com"
+LIFECYCLE = ["approved", "deposit_uploaded", "deposit_verified", "accepted", "cancelled"]
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeProviders]:
+    with FakeProviders() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(fake_server: FakeProviders) -> FakeProviders:
+    fake_server.reset()
+    return fake_server
+
+
+def walk(db: psycopg.Connection, booking: str, statuses: list[str]) -> None:
+    for status in statuses:
+        reason = "Venue closed by council" if status == "cancelled" else None
+        db.execute(
+            "UPDATE bookings SET status = %s, cancellation_reason = %s, updated_at = now() WHERE id = %s",
+            (status, reason, booking),
+        )
+
+
+def by_event(requests: list[Recorded], rows: list[dict], id_of) -> dict[int, list[Recorded]]:
+    """Provider requests grouped by the event whose ledger row holds the provider's id."""
+    event_of = {row["provider_message_id"]: row["event_id"] for row in rows if row["provider_message_id"]}
+    grouped: dict[int, list[Recorded]] = defaultdict(list)
+    for request in requests:
+        grouped[event_of[id_of(request)]].append(request)
+    return grouped
+
+
+async def test_booking_lifecycle_sends_the_catalog_in_order(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    booking, _, _ = add_party(db)
+    db.execute("UPDATE clients SET full_name = '<script>alert(1)</script> Client'")
+    walk(db, booking, LIFECYCLE)
+    async with running_router(provider_settings(db_url, fake)):
+        assert await wait_finished(db, 6) == {"done": 6}
+
+    rows = ledger(db)
+    kinds = [e["kind"] for e in events(db)]
+    assert kinds == ["booking.created", *(f"booking.{s}" for s in LIFECYCLE)]
+    event_ids = [e["id"] for e in events(db)]
+    wa = fake.received("twilio")
+    mail = fake.received("resend")
+    wa_by_event = by_event(wa, rows, lambda r: r.response["sid"])
+    mail_by_event = by_event(mail, rows, lambda r: r.response["id"])
+    expected_wa = [
+        {ADMIN, CLIENT, PERFORMER},
+        {CLIENT, PERFORMER},
+        {ADMIN},
+        {CLIENT, PERFORMER},
+        {CLIENT, ADMIN},
+        {ADMIN, CLIENT, PERFORMER},
+    ]
+    expected_mail_subjects = ["We received", "approved", None, "Booking confirmed", None, "cancelled"]
+    for event_id, to_set, subject in zip(event_ids, expected_wa, expected_mail_subjects, strict=True):
+        sent = wa_by_event[event_id]
+        assert sorted(r.body["To"] for r in sent) == sorted(to_set), event_id
+        assert all(r.body["From"] == "whatsapp:+14155238886" for r in sent)
+        emails = mail_by_event.get(event_id, [])
+        if subject is None:
+            assert emails == []
+        else:
+            assert [e.body["to"] for e in emails] == [[CLIENT_EMAIL]]
+            assert subject in emails[0].body["subject"]
+    # Exactly these and nothing else, each once.
+    assert len(wa) == 13 and len(mail) == 4
+    # In order per booking: every request of an event arrived before any of the next event's.
+    arrival = {eid: [r.time for r in wa_by_event[eid] + mail_by_event.get(eid, [])] for eid in event_ids}
+    for earlier, later in itertools.pairwise(event_ids):
+        assert max(arrival[earlier]) <= min(arrival[later])
+    # The reason reaches every party of the cancellation.
+    assert all("Venue closed by council" in r.body["Body"] for r in wa_by_event[event_ids[-1]])
+    assert "Venue closed by council" in mail_by_event[event_ids[-1]][0].body["html"]
+    # HTML escapes every value; the plain-text part is sent too.
+    for email in mail:
+        assert "<script>" not in email.body["html"]
+        assert email.body["text"]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in mail[0].body["html"]
+    # Each email carries an Idempotency-Key, distinct per (event, recipient).
+    keys = [e.headers.get("Idempotency-Key") for e in mail]
+    assert all(keys) and len(set(keys)) == len(keys)
+    # The ledger: one row per delivery, all sent, recipients normalised.
+    assert {r["status"] for r in rows} == {"sent"} and len(rows) == 17
+    assert {r["recipient"] for r in rows} == {"+61400000001", "+61400000002", "+61400000003", CLIENT_EMAIL}
+
+
+async def test_opt_outs_skip_only_that_channel_and_admin_is_always_told(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    client = add_client(db, whatsapp_opt_in=False)
+    performer = add_performer(db, whatsapp_opt_in=False, email_opt_in=False)
+    add_booking(db, client, performer)
+    async with running_router(provider_settings(db_url, fake)):
+        await wait_finished(db, 1)
+    assert [r.body["To"] for r in fake.received("twilio")] == [ADMIN]
+    assert [r.body["to"] for r in fake.received("resend")] == [[CLIENT_EMAIL]]
+    skipped = {(r["recipient_role"], r["channel"]): r for r in ledger(db) if r["status"] == "skipped"}
+    assert set(skipped) == {("client", "whatsapp"), ("performer", "whatsapp")}
+    assert {r["error_code"] for r in skipped.values()} == {"opted_out"}
+
+
+async def test_invalid_numbers_fail_only_their_own_delivery(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    client = add_client(db, phone="not a number")
+    performer = add_performer(db, phone="0400 000 009")
+    add_booking(db, client, performer)
+    fake.reject("twilio", "whatsapp:+61400000009", Reply(400, 21211))
+    async with running_router(provider_settings(db_url, fake)):
+        assert await wait_finished(db, 1) == {"done": 1}
+    rows = {(r["recipient_role"], r["channel"]): r for r in ledger(db)}
+    assert rows[("client", "whatsapp")]["status"] == "failed"
+    assert rows[("client", "whatsapp")]["error_code"] == "invalid_number"
+    assert rows[("performer", "whatsapp")]["status"] == "failed"
+    assert rows[("performer", "whatsapp")]["error_code"] == "21211"
+    assert rows[("admin", "whatsapp")]["status"] == "sent"
+    assert rows[("client", "email")]["status"] == "sent"
+
+
+async def test_provider_outage_then_recovery_delivers_every_message_once(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    for _ in range(3):
+        add_party(db)
+    fake.outage("twilio", Reply(500))
+    fake.queue("resend", Reply(429, retry_after=0.2), Reply(500))
+    async with running_router(provider_settings(db_url, fake)):
+        await async_wait_until(
+            lambda: _async(len(fake.received("twilio", ok_only=False)) >= 6),
+            message="twilio hit during outage",
+        )
+        retried = [e for e in events(db) if e["attempts"] > 1 or e["status"] == "pending"]
+        assert retried and not events(db, status="done")
+        fake.outage("twilio", None)
+        assert await wait_finished(db, 3) == {"done": 3}
+    accepted = fake.received("twilio")
+    assert len(accepted) == 9 and len({(r.body["To"], r.body["Body"]) for r in accepted}) == 9
+    emails = fake.received("resend")
+    assert len(emails) == 3
+    # The retried email kept its Idempotency-Key: the provider can drop a duplicate.
+    all_keys = [r.headers["Idempotency-Key"] for r in fake.received("resend", ok_only=False)]
+    assert len(all_keys) == 5 and len(set(all_keys)) == 3
+    assert {r["status"] for r in ledger(db)} == {"sent"} and len(ledger(db)) == 12
+
+
+async def test_redelivering_done_events_sends_nothing_again(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    booking, _, _ = add_party(db)
+    walk(db, booking, ["approved"])
+    settings = provider_settings(db_url, fake)
+    async with running_router(settings):
+        await wait_finished(db, 2)
+        before = len(fake.requests)
+        rows_before = ledger(db)
+        result = CliRunner().invoke(
+            cli, ["events", "retry", str(events(db)[0]["id"])], env={"DATABASE_URL": db_url}
+        )
+        assert result.exit_code == 0, result.output
+        result = CliRunner().invoke(
+            cli, ["events", "retry", str(events(db)[1]["id"])], env={"DATABASE_URL": db_url}
+        )
+        assert result.exit_code == 0, result.output
+        await async_wait_until(
+            lambda: _async(all(e["attempts"] == 1 and e["status"] == "done" for e in events(db))),
+            message="requeued events done again",
+        )
+    assert len(fake.requests) == before
+    assert [(r["channel"], r["recipient"], r["attempts"]) for r in ledger(db)] == [
+        (r["channel"], r["recipient"], r["attempts"]) for r in rows_before
+    ]
+
+
+async def test_otp_is_emailed_and_its_code_never_logged(db: psycopg.Connection, db_url: str, fake) -> None:
+    captured = io.StringIO()
+    configure_logging("DEBUG", "json", captured)
+    try:
+        db.execute(
+            "INSERT INTO otp_codes (email, code, purpose, expires_at) VALUES (%s, %s, 'login', %s)",
+            ("Sam@Example.com", "719253", datetime.now(UTC) + timedelta(minutes=10)),
+        )
+        db.execute(
+            "INSERT INTO otp_codes (email, code, purpose, expires_at, used_at)"
+            " VALUES (%s, %s, 'login', %s, now())",
+            ("used@example.com", "388102", datetime.now(UTC) + timedelta(minutes=10)),
+        )
+        add_party(db)
+        async with running_router(provider_settings(db_url, fake)):
+            await wait_finished(db, 3)
+        # The same again without credentials: the console transport prints messages, masked.
+        db.execute(
+            "INSERT INTO otp_codes (email, code, purpose, expires_at) VALUES (%s, %s, 'login', %s)",
+            ("sam@example.com", "640581", datetime.now(UTC) + timedelta(minutes=10)),
+        )
+        async with running_router(provider_settings(db_url, None)):
+            await wait_finished(db, 4)
+    finally:
+        configure_logging("INFO", "json")
+    emails = [r for r in fake.received("resend") if r.body["to"] == ["sam@example.com"]]
+    assert len(emails) == 1
+    assert "719253" in emails[0].body["html"] and "719253" in emails[0].body["text"]
+    assert "10 minutes" in emails[0].body["text"] or "9 minutes" in emails[0].body["text"]
+    used = [r for r in ledger(db) if r["recipient"] == "used@example.com"]
+    assert [(r["status"], r["error_code"]) for r in used] == [("skipped", "used")]
+    text = captured.getvalue()
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert any(line["event"] == "message.simulated" for line in lines)
+    for secret in ("719253", "388102", "640581", TWILIO_TOKEN, RESEND_KEY):
+        assert secret not in text
+    for personal in ("+61400000002", "0400 000 002", "400000002", CLIENT_EMAIL, "sam@example.com"):
+        assert personal not in text
+    assert "otp_codes" not in json.dumps([e["payload"] for e in events(db)])
+
+
+async def test_scheduler_events_send_and_write_in_app_rows(db: psycopg.Connection, db_url: str, fake) -> None:
+    booking, client, performer = add_party(db)
+    db.execute("UPDATE bookings SET amount_paid = 200 WHERE id = %s", (booking,))
+    for kind, payload in (
+        ("booking.reminder_due", {"booking_id": booking, "hours_until_event": 24}),
+        ("booking.payment_due", {"booking_id": booking, "outstanding": "600.00"}),
+    ):
+        db.execute(
+            "INSERT INTO worker.events (kind, subject_id, payload, dedup_key) VALUES (%s, %s, %s, %s)",
+            (kind, booking, json.dumps(payload), f"{kind}:{booking}"),
+        )
+    db.execute("NOTIFY worker_events")
+    async with running_router(provider_settings(db_url, fake)):
+        assert await wait_finished(db, 3) == {"done": 3}
+    notes = db.execute(
+        "SELECT recipient_type, recipient_id::text, type, title, message FROM notifications"
+        " ORDER BY type, recipient_type"
+    ).fetchall()
+    assert [(n[0], n[1], n[2]) for n in notes] == [
+        ("client", client, "booking_reminder"),
+        ("performer", performer, "booking_reminder"),
+        ("client", client, "payment_reminder"),
+    ]
+    assert "24 hours" in notes[0][4] and "$600.00 AUD" in notes[2][4]
+    wa = [r.body for r in fake.received("twilio")]
+    assert sum("24 hours" in b["Body"] for b in wa) == 2
+    assert [b["To"] for b in wa if "$600.00 AUD" in b["Body"]] == [CLIENT]
+    subjects = sorted(r.body["subject"] for r in fake.received("resend"))
+    assert sum("24 hours" in s for s in subjects) == 2 and sum("$600.00 AUD" in s for s in subjects) == 1
+    in_app = [r for r in ledger(db) if r["channel"] == "in_app"]
+    assert {r["recipient"] for r in in_app} == {f"client:{client}", f"performer:{performer}"}
+
+
+async def test_vetting_decision_emails_the_applicant_with_notes(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    db.execute(
+        "INSERT INTO vetting_applications (full_name, stage_name, email, status, review_notes)"
+        " VALUES ('Lee Dancer', 'Lee <b>Star</b>', 'Lee@Example.com', 'approved',"
+        " 'Great audition & references')"
+    )
+    async with running_router(provider_settings(db_url, fake)):
+        await wait_finished(db, 1)
+    [email] = fake.received("resend")
+    assert email.body["to"] == ["lee@example.com"]
+    assert "approved" in email.body["subject"]
+    assert "Great audition &amp; references" in email.body["html"]
+    assert "Lee &lt;b&gt;Star&lt;/b&gt;" in email.body["html"]
+    assert "Great audition & references" in email.body["text"]
+
+
+async def _async(value):
+    return value
