@@ -12,9 +12,9 @@ import httpx
 
 from listener.db import create_pool
 from listener.http import Surface, create_app
-from listener.http.surface import SchedulerState
 from listener.settings import Settings
 from listener.stream import EventStream
+from scheduler.service import JobScheduler
 from tests.waiting import async_wait_until
 
 BASE_URL = "http://worker.test"
@@ -25,17 +25,22 @@ class LiveSurface:
     client: httpx.AsyncClient
     surface: Surface
     stream: EventStream
+    scheduler: JobScheduler | None
 
 
 @contextlib.asynccontextmanager
 async def live_surface(
-    db_url: str, scheduler: SchedulerState | None = None, **overrides: Any
+    db_url: str, *, with_scheduler: bool = False, **overrides: Any
 ) -> AsyncIterator[LiveSurface]:
-    """The app over a pool and a LISTEN stream of `db_url`; the stream is connected on entry."""
-    values: dict[str, Any] = {"database_url": db_url, "scheduler_enabled": scheduler is not None, **overrides}
+    """The app over a pool and a LISTEN stream of `db_url`; the stream is connected on entry.
+
+    `with_scheduler` gives the surface a real `JobScheduler`, not started: the test drives it.
+    """
+    values: dict[str, Any] = {"database_url": db_url, "scheduler_enabled": with_scheduler, **overrides}
     settings = Settings(_env_file=None, **values)
     pool = create_pool(db_url, 4)
     await pool.open()
+    scheduler = JobScheduler(pool, settings) if with_scheduler else None
     stream = EventStream(db_url, asyncio.Event(), ping_seconds=0.5)
     listening = asyncio.create_task(stream.run())
     surface = Surface(settings, pool, stream, scheduler)
@@ -43,8 +48,10 @@ async def live_surface(
     try:
         await async_wait_until(_connected(stream), timeout=10, message="LISTEN connection up")
         async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
-            yield LiveSurface(client, surface, stream)
+            yield LiveSurface(client, surface, stream, scheduler)
     finally:
+        if scheduler is not None:
+            await scheduler.shutdown()
         listening.cancel()
         await asyncio.gather(listening, return_exceptions=True)
         await pool.close()

@@ -54,6 +54,20 @@ async def test_health_503_while_the_listen_connection_is_down_then_200_after_rec
             assert up["listener"] is True
 
 
+async def test_health_503_while_the_scheduler_is_not_running(db_url: str) -> None:
+    async with live_surface(db_url, with_scheduler=True) as live:
+        assert live.scheduler is not None
+        stopped = await live.client.get("/healthz")
+        live.scheduler.start()
+        running = await live.client.get("/healthz")
+        await live.scheduler.shutdown()
+        after = await live.client.get("/healthz")
+    assert (stopped.status_code, stopped.json()["scheduler"]) == (503, "stopped")
+    assert stopped.json()["reason"] == "scheduler is not running"
+    assert (running.status_code, running.json()["scheduler"]) == (200, "running")
+    assert (after.status_code, after.json()["scheduler"]) == (503, "stopped")
+
+
 async def test_health_503_when_the_oldest_due_pending_event_is_too_old(
     db: psycopg.Connection, db_url: str
 ) -> None:
