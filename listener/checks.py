@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -53,6 +54,19 @@ def _settings_problems(settings: Settings) -> list[str]:
             problems.append("CRON_SECRET is not set: the /api/cron endpoints answer 503")
     elif len(settings.cron_secret.get_secret_value()) < 32:
         problems.append("CRON_SECRET is too short: use at least 32 random characters")
+    problems.extend(_webhook_problems(settings))
+    return problems
+
+
+def _webhook_problems(settings: Settings) -> list[str]:
+    """Twilio signs the public URL; webhook signatures are checked against WEBHOOK_BASE_URL + path."""
+    problems = []
+    if settings.webhook_base_url:
+        url = urlsplit(settings.webhook_base_url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            problems.append("WEBHOOK_BASE_URL must be an absolute URL such as https://worker.example.com")
+        elif url.query or url.fragment:
+            problems.append("WEBHOOK_BASE_URL must not have a query or fragment (Twilio signs the exact URL)")
     return problems
 
 
