@@ -6,7 +6,7 @@ every worker computes the same way from the crontab, so N workers agree on which
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -19,6 +19,9 @@ _LOOKBACKS = (
     timedelta(days=32),
     timedelta(days=367),
 )
+
+#: Crontab day numbers: 0 and 7 are both Sunday.
+_CRONTAB_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class LocalCronTrigger(BaseTrigger):
@@ -34,7 +37,18 @@ class LocalCronTrigger(BaseTrigger):
 
     def __init__(self, expression: str, timezone: tzinfo) -> None:
         self.expression = expression
-        self._cron = CronTrigger.from_crontab(expression, timezone=timezone)
+        fields = expression.split()
+        if len(fields) != 5:
+            raise ValueError(f"crontab needs 5 fields, got {expression!r}")
+        minute, hour, day, month, day_of_week = fields
+        self._cron = CronTrigger(
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=crontab_day_of_week(day_of_week),
+            timezone=timezone,
+        )
         self._every_hour = any(f.name == "hour" and str(f) == "*" for f in self._cron.fields)
 
     @property
@@ -51,6 +65,35 @@ class LocalCronTrigger(BaseTrigger):
         return f"cron[{self.expression} {self.timezone}]"
 
 
+def crontab_day_of_week(field: str) -> str:
+    """Crontab's day-of-week field in APScheduler's terms.
+
+    Crontab counts from Sunday (0 or 7), APScheduler 3 from Monday (0), and its `from_crontab`
+    passes numbers through unchanged ("0 2 * * 1" would run on Tuesdays). Numbers are expanded
+    to day names, which both read the same way.
+    """
+    if field == "*" or any(char.isalpha() for char in field):
+        return field
+    days: list[str] = []
+    for part in field.split(","):
+        base, _, step = part.partition("/")
+        if base == "*":
+            first, last = 0, 6
+        elif "-" in base:
+            start, _, end = base.partition("-")
+            first, last = int(start), int(end)
+        else:
+            first = int(base)
+            last = 7 if step else first
+        if not 0 <= first <= last <= 7:
+            raise ValueError(f"day of week out of range 0-7: {part!r}")
+        for number in range(first, last + 1, int(step or 1)):
+            name = _CRONTAB_DAYS[number]
+            if name not in days:
+                days.append(name)
+    return ",".join(days)
+
+
 def _is_repeated_wall_time(moment: datetime) -> bool:
     """True for the second occurrence of an ambiguous local time (the hour after clocks go back)."""
     wall = moment.replace(tzinfo=None)
@@ -61,17 +104,22 @@ def _is_repeated_wall_time(moment: datetime) -> bool:
 
 
 def fire_times(trigger: BaseTrigger, start: datetime, end: datetime) -> list[datetime]:
-    """Every fire time in [start, end], in order."""
+    """Every fire time in [start, end], in order, in UTC.
+
+    UTC because Python compares and subtracts two datetimes of one zone by wall time, ignoring
+    DST folds; instants in UTC are what the job_runs rows and the tests need.
+    """
     times: list[datetime] = []
+    end = end.astimezone(UTC)
     fire = trigger.get_next_fire_time(None, start)
-    while fire is not None and fire <= end:
-        times.append(fire)
+    while fire is not None and fire.astimezone(UTC) <= end:
+        times.append(fire.astimezone(UTC))
         fire = trigger.get_next_fire_time(fire, fire)
     return times
 
 
 def previous_fire_time(trigger: BaseTrigger, now: datetime) -> datetime | None:
-    """The latest fire time at or before `now`: the tick a run at `now` belongs to."""
+    """The latest fire time at or before `now` (UTC): the tick a run at `now` belongs to."""
     for lookback in _LOOKBACKS:
         times = fire_times(trigger, now - lookback, now)
         if times:

@@ -1,0 +1,285 @@
+"""The scheduler: crontab ticks across Sydney DST, once per tick across workers, catch-up, locking,
+the `jobs run` command, and the daemon running its jobs at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+
+from scheduler.runs import JOB_LOCK_CLASS, JOB_LOCK_IDS, run_job_now
+from scheduler.service import JobScheduler
+from scheduler.ticks import LocalCronTrigger, crontab_day_of_week, fire_times, previous_fire_time
+from tests.appdata import add_booking, add_client, add_performer, events
+from tests.jobtools import NOW, fixed_clock, job_runs, job_settings, open_pool
+from tests.processes import REPO
+from tests.waiting import async_wait_until, wait_until
+
+SYDNEY = ZoneInfo("Australia/Sydney")
+
+
+def local_dates(times: list[datetime]) -> list[date]:
+    return [t.astimezone(SYDNEY).date() for t in times]
+
+
+def test_daily_2am_sydney_runs_once_on_the_day_clocks_go_back() -> None:
+    trigger = LocalCronTrigger("0 2 * * *", SYDNEY)
+    times = fire_times(trigger, datetime(2026, 4, 4, tzinfo=SYDNEY), datetime(2026, 4, 6, 23, tzinfo=SYDNEY))
+
+    assert local_dates(times) == [date(2026, 4, 4), date(2026, 4, 5), date(2026, 4, 6)]
+    # 02:00 happens twice on 5 April (AEDT, then AEST); the job runs at the first one only.
+    assert times[1] == datetime(2026, 4, 4, 15, 0, tzinfo=UTC)
+    assert times[2] == datetime(2026, 4, 5, 16, 0, tzinfo=UTC)
+
+
+def test_daily_2am_sydney_runs_once_on_the_day_clocks_go_forward() -> None:
+    trigger = LocalCronTrigger("0 2 * * *", SYDNEY)
+    times = fire_times(
+        trigger, datetime(2026, 10, 3, tzinfo=SYDNEY), datetime(2026, 10, 5, 23, tzinfo=SYDNEY)
+    )
+
+    assert local_dates(times) == [date(2026, 10, 3), date(2026, 10, 4), date(2026, 10, 5)]
+    # 02:00 does not exist on 4 October; the tick falls at the first instant after the gap (03:00 AEDT).
+    assert times[1] == datetime(2026, 10, 3, 16, 0, tzinfo=UTC)
+    assert times[1].astimezone(SYDNEY).hour == 3
+
+
+@pytest.mark.parametrize(("day", "hours"), [(date(2026, 4, 5), 25), (date(2026, 10, 4), 23)])
+def test_hourly_sydney_job_runs_every_real_hour_across_dst(day: date, hours: int) -> None:
+    trigger = LocalCronTrigger("0 * * * *", SYDNEY)
+    start = datetime(day.year, day.month, day.day, tzinfo=SYDNEY)
+    end = datetime(day.year, day.month, day.day, 23, 59, tzinfo=SYDNEY)
+    times = fire_times(trigger, start, end)
+
+    assert len(times) == hours
+    gaps = {b - a for a, b in itertools.pairwise(times)}
+    assert gaps == {timedelta(hours=1)}
+
+
+def test_previous_fire_time_is_the_tick_a_moment_belongs_to() -> None:
+    daily = LocalCronTrigger("0 2 * * *", ZoneInfo("UTC"))
+    assert previous_fire_time(daily, NOW) == datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
+    assert previous_fire_time(daily, datetime(2026, 3, 10, 1, 59, tzinfo=UTC)) == datetime(
+        2026, 3, 9, 2, tzinfo=UTC
+    )
+    weekly = LocalCronTrigger("30 4 * * 1", ZoneInfo("UTC"))  # crontab's 1 is Monday
+    assert previous_fire_time(weekly, NOW) == datetime(2026, 3, 9, 4, 30, tzinfo=UTC)
+    # After the clocks went back in Sydney, the day's tick is still the first 02:00.
+    sydney = LocalCronTrigger("0 2 * * *", SYDNEY)
+    assert previous_fire_time(sydney, datetime(2026, 4, 4, 17, 0, tzinfo=UTC)) == datetime(
+        2026, 4, 4, 15, 0, tzinfo=UTC
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "days"),
+    [
+        ("1", "mon"),
+        ("0", "sun"),
+        ("7", "sun"),
+        ("1-5", "mon,tue,wed,thu,fri"),
+        ("*/2", "sun,tue,thu,sat"),
+        ("mon-fri", "mon-fri"),
+        ("*", "*"),
+    ],
+)
+def test_crontab_day_numbers_count_from_sunday(field: str, days: str) -> None:
+    assert crontab_day_of_week(field) == days
+
+
+async def test_scheduler_wiring_policy_and_shutdown(db_url: str) -> None:
+    settings = job_settings(db_url, scheduler_timezone="Australia/Sydney")
+    async with open_pool(db_url) as pool:
+        scheduler = JobScheduler(pool, settings, clock=fixed_clock())
+        assert scheduler.running is False
+        scheduler.start()
+        try:
+            assert scheduler.running is True
+            jobs = scheduler.describe()
+            assert set(jobs) == {"cleanup", "reminders"}
+            for job in jobs.values():
+                assert (job["misfire_grace_time"], job["coalesce"], job["max_instances"]) == (3600, True, 1)
+            next_cleanup = jobs["cleanup"]["next_run_time"].astimezone(SYDNEY)
+            assert (next_cleanup.hour, next_cleanup.minute) in {(2, 0), (3, 0)}
+            assert jobs["reminders"]["next_run_time"].minute == 0
+        finally:
+            await scheduler.shutdown()
+        assert scheduler.running is False
+
+
+async def test_two_schedulers_on_one_database_run_a_tick_once(db: psycopg.Connection, db_url: str) -> None:
+    client, performer = add_client(db), add_performer(db)
+    stale = add_booking(db, client, performer, created_at=NOW - timedelta(days=2))
+    settings = job_settings(db_url)
+    async with open_pool(db_url) as pool_a, open_pool(db_url) as pool_b:
+        a = JobScheduler(pool_a, settings, worker_id="worker-a", clock=fixed_clock())
+        b = JobScheduler(pool_b, settings, worker_id="worker-b", clock=fixed_clock())
+        await asyncio.gather(a.run_tick("cleanup"), b.run_tick("cleanup"), a.run_tick("cleanup"))
+
+    [run] = job_runs(db)
+    assert (run["job"], run["trigger"], run["status"]) == ("cleanup", "schedule", "succeeded")
+    assert run["scheduled_for"] == datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
+    assert run["worker_id"] in {"worker-a", "worker-b"}
+    assert run["summary"]["summary"]["staleBookings"]["cancelled"] == 1
+    assert db.execute("SELECT count(*) FROM audit_logs WHERE entity_id = %s", (stale,)).fetchone()[0] == 1
+
+
+async def test_missed_ticks_are_caught_up_once_at_startup(db: psycopg.Connection, db_url: str) -> None:
+    client, performer = add_client(db), add_performer(db)
+    stale = add_booking(db, client, performer, created_at=NOW - timedelta(days=2))
+    # Another worker ran the 09:00 reminders tick; nobody was up for today's 02:00 cleanup.
+    db.execute(
+        "INSERT INTO worker.job_runs (job, scheduled_for, status, worker_id)"
+        " VALUES ('reminders', %s, 'succeeded', 'x')",
+        (NOW,),
+    )
+    settings = job_settings(db_url)
+
+    async def ran_cleanup() -> bool:
+        return any(r["job"] == "cleanup" and r["status"] == "succeeded" for r in job_runs(db))
+
+    async with open_pool(db_url) as pool:
+        first = JobScheduler(pool, settings, worker_id="first", clock=fixed_clock())
+        first.start()
+        try:
+            await async_wait_until(ran_cleanup, timeout=10, message="catch-up cleanup run")
+        finally:
+            await first.shutdown()
+        # A worker starting later finds the tick done and runs nothing.
+        second = JobScheduler(pool, settings, worker_id="second", clock=fixed_clock())
+        second.start()
+        await second.catch_up()
+        await second.shutdown()
+
+    runs = job_runs(db)
+    assert [(r["job"], r["scheduled_for"], r["trigger"], r["worker_id"]) for r in runs] == [
+        ("reminders", NOW, "schedule", "x"),
+        ("cleanup", datetime(2026, 3, 10, 2, 0, tzinfo=UTC), "catch_up", "first"),
+    ]
+    status = db.execute("SELECT status FROM bookings WHERE id = %s", (stale,)).fetchone()[0]
+    assert status == "cancelled"
+
+
+async def test_manual_run_waits_for_the_job_lock(db: psycopg.Connection, db_url: str) -> None:
+    lock = (JOB_LOCK_CLASS, JOB_LOCK_IDS["cleanup"])
+
+    async def waiting_for_lock() -> bool:
+        row = db.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = %s"
+            " AND objid = %s",
+            lock,
+        ).fetchone()
+        return row[0] == 1
+
+    async with open_pool(db_url) as pool:
+        with psycopg.connect(db_url, autocommit=True) as holder:
+            # Stands for a scheduled cleanup in progress on another worker.
+            holder.execute("SELECT pg_advisory_lock(%s, %s)", lock)
+            manual = asyncio.create_task(
+                run_job_now(pool, job_settings(db_url), "cleanup", clock=fixed_clock())
+            )
+            await async_wait_until(waiting_for_lock, timeout=10, message="manual run queued on the lock")
+            assert not manual.done()
+            assert job_runs(db) == []
+            holder.execute("SELECT pg_advisory_unlock(%s, %s)", lock)
+            result = await asyncio.wait_for(manual, 10)
+    assert result["success"] is True
+    assert [r["trigger"] for r in job_runs(db)] == ["manual"]
+
+
+def run_cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "RESEND_"))}
+    env.update({"DATABASE_URL": db_url, "LOG_FORMAT": "json"})
+    return subprocess.run(
+        [sys.executable, "-m", "listener", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_jobs_run_cli_prints_only_json_and_a_second_run_sends_nothing(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    client, performer = add_client(db), add_performer(db)
+    now = datetime.now(UTC)
+    add_booking(
+        db,
+        client,
+        performer,
+        status="deposit_verified",
+        event_start=now + timedelta(hours=5),
+        amount_paid=200,
+        deposit_paid_at=now,
+    )
+    add_booking(db, client, performer, created_at=now - timedelta(days=2))
+
+    cleanup = run_cli(db_url, "jobs", "run", "cleanup")
+    first = run_cli(db_url, "jobs", "run", "reminders")
+    second = run_cli(db_url, "jobs", "run", "reminders")
+
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert json.loads(cleanup.stdout)["summary"]["staleBookings"] == {
+        "cancelled": 1,
+        "errors": [],
+        "batches": 1,
+    }
+    assert json.loads(first.stdout)["summary"]["bookingReminders"]["sent"] == 1
+    assert json.loads(first.stdout)["summary"]["paymentReminders"]["sent"] == 1
+    summary = json.loads(second.stdout)["summary"]
+    assert (summary["bookingReminders"]["sent"], summary["paymentReminders"]["sent"]) == (0, 0)
+    logged = [json.loads(line)["event"] for line in cleanup.stderr.splitlines()]
+    assert "job.started" in logged and "job.completed" in logged
+
+
+def test_jobs_run_all_reports_both_jobs(db_url: str) -> None:
+    result = run_cli(db_url, "jobs", "run", "all")
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["success"] is True
+    assert set(body["cleanup"]["summary"]) >= {"staleBookings", "notifications", "otps", "auditLogs"}
+    assert set(body["reminders"]["summary"]) == {"bookingReminders", "paymentReminders"}
+
+
+def test_daemon_catches_up_at_startup_and_delivers_what_the_jobs_wrote(
+    db: psycopg.Connection, db_url: str, spawn_worker
+) -> None:
+    client, performer = add_client(db), add_performer(db)
+    now = datetime.now(UTC)
+    stale = add_booking(db, client, performer, created_at=now - timedelta(days=2))
+    upcoming = add_booking(
+        db,
+        client,
+        performer,
+        status="accepted",
+        event_start=now + timedelta(hours=6),
+        amount_paid=200,
+        deposit_paid_at=now,
+    )
+
+    worker = spawn_worker(db_url, SCHEDULER_ENABLED="true")
+
+    def delivered() -> bool:
+        kinds = {(e["kind"], e["subject_id"]): e["status"] for e in events(db)}
+        wanted = [
+            ("booking.cancelled", stale),
+            ("booking.reminder_due", upcoming),
+            ("booking.payment_due", upcoming),
+        ]
+        return all(kinds.get(key) == "done" for key in wanted)
+
+    wait_until(delivered, timeout=30, message="cancellation and reminders delivered")
+    runs = {(r["job"], r["trigger"], r["status"]) for r in job_runs(db)}
+    assert runs == {("cleanup", "catch_up", "succeeded"), ("reminders", "catch_up", "succeeded")}
+    assert worker.terminate() == 0
+    assert worker.events_logged("scheduler.stopped")
