@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-## Run the worker (embedded PostgreSQL and console transports when nothing is configured).
+## The zero-config demo: the daemon on embedded PostgreSQL, console transports, a sample booking walked through.
 run: $(STAMP)
-	$(BIN)/flavor-worker run
+	$(BIN)/flavor-worker demo
 
 ## Run the whole test suite (real PostgreSQL: TEST_DATABASE_URL, Docker, or embedded).
 test: $(STAMP)

@@ -85,6 +85,23 @@ def run(app: AppContext) -> None:
 
 
 @main.command()
+@click.option("--exit-when-done", is_flag=True, help="Stop once the demo's events are handled.")
+@pass_app
+def demo(app: AppContext, exit_when_done: bool) -> None:
+    """Run the daemon with console transports and walk a sample booking through its statuses."""
+    from listener.demo import run_demo
+    from listener.migrate import migrate as apply_migrations
+
+    configure_logging(app.settings.log_level, "console")
+    try:
+        apply_migrations(app.conninfo, reference_schema=True)
+    except psycopg.Error as exc:
+        log.error("demo.cannot_start", error=str(exc))
+        raise SystemExit(1) from None
+    asyncio.run(run_demo(app.settings, app.conninfo, exit_when_done=exit_when_done))
+
+
+@main.command()
 @click.option("--reference-schema", is_flag=True, help="Also create the reference app tables.")
 @pass_app
 def migrate(app: AppContext, reference_schema: bool) -> None:
