@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tomllib
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -10,9 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import conninfo_to_dict
 
 from handlers.logging_handler import LoggingHandler
+from listener.http.probes import probe_routes
+from listener.settings import Settings
 from listener.worker import Worker
 from tests.appdata import add_booking, add_client, add_performer, events
 from tests.httpapp import LiveSurface, live_surface
+from tests.processes import REPO
 from tests.waiting import async_wait_until
 
 CRON_SECRET = "a-long-random-cron-secret-of-40-characters"
@@ -230,3 +234,18 @@ async def test_cron_reminders_answers_the_seeds_json(db_url: str) -> None:
     assert {"bookingReminders", "paymentReminders"} <= set(body["summary"])
     for part in ("bookingReminders", "paymentReminders"):
         assert (body["summary"][part]["sent"], body["summary"][part]["errors"]) == (0, [])
+
+
+# --- fly.toml ------------------------------------------------------------------------
+
+
+def test_fly_toml_runs_the_worker_and_checks_routes_that_exist() -> None:
+    config = tomllib.loads((REPO / "fly.toml").read_text())
+    assert config["processes"] == {"worker": "flavor-worker run"}
+    assert config["deploy"]["release_command"] == "flavor-worker migrate"
+    service = config["http_service"]
+    assert service["internal_port"] == int(config["env"]["PORT"]) == config["metrics"]["port"]
+    assert service["processes"] == ["worker"] and service["auto_stop_machines"] == "off"
+    assert config["kill_timeout"] > Settings.model_fields["shutdown_grace_seconds"].default
+    paths = {route.path for route in probe_routes()}
+    assert {service["checks"][0]["path"], config["metrics"]["path"]} <= paths
