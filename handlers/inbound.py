@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from handlers.commands import CommandAction, WhatsAppCommand, parse_whatsapp_command
 from handlers.contract import PermanentDeliveryError
+from handlers.models import format_local
 from handlers.phones import to_e164
 from listener.queries import load_queries
 from listener.settings import Settings
@@ -248,19 +248,17 @@ async def _list_open_bookings(conn: psycopg.AsyncConnection, people: list[Person
 
 
 def _describe_booking(booking: dict[str, Any]) -> str:
-    when = _local_time(booking["event_start"], booking["timezone"])
+    when = format_local(booking["event_start"], _zone(booking["timezone"]))
     what = booking["event_type"] or "Booking"
     where = f" at {booking['venue']}" if booking["venue"] else ""
     return f"{booking['reference']}: {_status_words(booking['status'])} - {what} on {when}{where}"
 
 
-def _local_time(moment: datetime, timezone: str | None) -> str:
-    """The event's time as the people at the venue read it."""
+def _zone(name: str | None) -> ZoneInfo:
     try:
-        zone = ZoneInfo(timezone or "Australia/Sydney")
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = ZoneInfo("Australia/Sydney")
-    return moment.astimezone(zone).strftime("%a %d %b %Y, %I:%M %p").replace(" 0", " ")
+        return ZoneInfo(name or "Australia/Sydney")
+    except (ZoneInfoNotFoundError, ValueError):  # an unknown zone must not stop the reply
+        return ZoneInfo("Australia/Sydney")
 
 
 def _status_words(status: str) -> str:
