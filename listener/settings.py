@@ -8,13 +8,15 @@ as they are so an existing deployment's config vars carry over unchanged.
 from __future__ import annotations
 
 import sys
+from datetime import UTC
 from functools import cached_property
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from scheduler.ticks import LocalCronTrigger
 
 #: Exit code for a configuration error (as `sysexits` EX_USAGE-ish; 1 stays "runtime failure").
 CONFIG_ERROR_EXIT = 2
@@ -119,7 +121,7 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_crontab(cls, value: str) -> str:
         try:
-            CronTrigger.from_crontab(value)
+            LocalCronTrigger(value, UTC)
         except ValueError as exc:
             raise ValueError(f"not a crontab expression ({exc})") from exc
         return value
