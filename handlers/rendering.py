@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 
@@ -39,26 +39,32 @@ class Templates:
     """The compiled templates, with the app's base URL available to all of them as `app_url`."""
 
     def __init__(self, app_url: str) -> None:
-        self.env = Environment(
+        # Two environments rather than a per-name autoescape callback: Jinja would call the
+        # callback on every render, and HTML-ness is known per file anyway.
+        self._html = self._environment(app_url, autoescape=True)
+        self._text = self._environment(app_url, autoescape=False)
+        self._cache: dict[str, Template] = {}
+
+    @staticmethod
+    def _environment(app_url: str, *, autoescape: bool) -> Environment:
+        env = Environment(
             loader=FileSystemLoader(TEMPLATE_DIR),
-            autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+            autoescape=autoescape,
             undefined=StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
             auto_reload=False,
         )
-        self.env.filters["aud"] = aud
-        self.env.globals["app_url"] = app_url.rstrip("/")
-        self._cache: dict[str, Template] = {}
+        env.filters["aud"] = aud
+        env.globals["app_url"] = app_url.rstrip("/")
+        return env
 
     def _template(self, path: str) -> Template:
         template = self._cache.get(path)
         if template is None:
-            template = self._cache[path] = self.env.get_template(path)
+            env = self._html if path.endswith(".html") else self._text
+            template = self._cache[path] = env.get_template(path)
         return template
-
-    def exists(self, channel: str, name: str) -> bool:
-        return (TEMPLATE_DIR / channel / f"{name}.txt").is_file()
 
     def render(self, channel: str, name: str, variables: dict[str, Any]) -> Rendered:
         """Render one message of `channel` from template `name`."""
