@@ -14,13 +14,24 @@ def test_demo_prints_every_message_and_exits_when_done(empty_db_url: str) -> Non
     env |= {"DATABASE_URL": empty_db_url, "SCHEDULER_ENABLED": "false", "POLL_INTERVAL_SECONDS": "0.5"}
     done = subprocess.run(
         [sys.executable, "-m", "listener", "demo", "--exit-when-done"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=90,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
     out = done.stdout
     assert out.count("message.simulated") == 18
-    for template in ("booking_created_admin", "deposit_instructions", "deposit_uploaded_admin",
-                     "booking_confirmation", "booking_accepted_client", "booking_cancelled", "otp"):
+    for template in (
+        "booking_created_admin",
+        "deposit_instructions",
+        "deposit_uploaded_admin",
+        "booking_confirmation",
+        "booking_accepted_client",
+        "booking_cancelled",
+        "otp",
+    ):
         assert f"template={template}" in out
     assert "18 deliveries." in out
     assert "Client moved the party interstate" in out
