@@ -18,6 +18,7 @@ import psycopg
 import structlog
 
 from listener import admin
+from listener.bench.cli import bench
 from listener.db import resolve_database_url
 from listener.logs import configure_logging
 from listener.settings import Settings, load_settings
@@ -187,3 +188,4 @@ def check(app: AppContext) -> None:
 
 
 main.add_command(jobs)
+main.add_command(bench)

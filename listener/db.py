@@ -26,14 +26,19 @@ KEEPALIVES = {
 }
 
 
-def with_keepalives(conninfo: str) -> str:
-    """Add keepalives unless the URL chose its own, and only for TCP (not unix sockets)."""
+#: application_name of the LISTEN connection, so operators can find it in pg_stat_activity.
+LISTENER_APPLICATION_NAME = "flavor-worker:listen"
+
+
+def tuned_conninfo(conninfo: str, application_name: str = "flavor-worker") -> str:
+    """Name the connection; add TCP keepalives unless the URL chose its own (not for unix sockets)."""
     params = conninfo_to_dict(conninfo)
-    host = str(params.get("host") or "")
-    if host.startswith("/"):
-        return make_conninfo(conninfo)
-    extra = {k: v for k, v in KEEPALIVES.items() if k not in params}
-    return make_conninfo(conninfo, application_name="flavor-worker", **extra)
+    extra: dict[str, object] = {}
+    if "application_name" not in params:
+        extra["application_name"] = application_name
+    if not str(params.get("host") or "").startswith("/"):
+        extra.update({k: v for k, v in KEEPALIVES.items() if k not in params})
+    return make_conninfo(conninfo, **extra)
 
 
 def resolve_database_url(settings: Settings) -> str:
@@ -54,7 +59,7 @@ def redacted_target(conninfo: str) -> str:
 def create_pool(conninfo: str, max_size: int) -> AsyncConnectionPool:
     """The pool the claim loop, the ledger and the jobs share (autocommit; explicit transactions)."""
     return AsyncConnectionPool(
-        with_keepalives(conninfo),
+        tuned_conninfo(conninfo),
         min_size=2,
         max_size=max(2, max_size),
         kwargs={"autocommit": True},
@@ -66,4 +71,6 @@ def create_pool(conninfo: str, max_size: int) -> AsyncConnectionPool:
 
 async def connect_listener(conninfo: str) -> psycopg.AsyncConnection:
     """A dedicated autocommit connection for LISTEN (never taken from the pool)."""
-    return await psycopg.AsyncConnection.connect(with_keepalives(conninfo), autocommit=True)
+    return await psycopg.AsyncConnection.connect(
+        tuned_conninfo(conninfo, LISTENER_APPLICATION_NAME), autocommit=True
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -34,7 +34,7 @@ def add_booking(conn: psycopg.Connection, client_id: str, performer_id: str, **v
         "client_id": client_id,
         "performer_id": performer_id,
         "event_type": "Birthday party",
-        "event_start": datetime.now(timezone.utc) + timedelta(days=10),
+        "event_start": datetime.now(UTC) + timedelta(days=10),
         "venue": "12 Harbour St, Sydney",
         "total_amount": 800,
         "deposit_amount": 200,

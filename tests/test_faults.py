@@ -6,6 +6,7 @@ import time
 
 import psycopg
 
+from listener.db import LISTENER_APPLICATION_NAME
 from tests.appdata import add_booking, add_client, add_performer, status_counts
 from tests.pgharness import PrivateServer
 from tests.waiting import wait_until
@@ -25,7 +26,9 @@ def all_done(conn: psycopg.Connection, total: int):
     return check
 
 
-def test_kill_9_mid_backlog_then_new_worker_finishes_everything(db: psycopg.Connection, db_url: str, spawn_worker) -> None:
+def test_kill_9_mid_backlog_then_new_worker_finishes_everything(
+    db: psycopg.Connection, db_url: str, spawn_worker
+) -> None:
     seed(db, 2000)
     first = spawn_worker(db_url, WORKER_CONCURRENCY="20", CLAIM_BATCH_SIZE="20")
     wait_until(lambda: status_counts(db).get("processing", 0) > 0, timeout=30, interval=0.002,
@@ -41,14 +44,19 @@ def test_kill_9_mid_backlog_then_new_worker_finishes_everything(db: psycopg.Conn
     assert second.terminate() == 0
 
 
-def test_killed_listen_backend_reconnects_and_catches_up(db: psycopg.Connection, db_url: str, spawn_worker) -> None:
+def test_killed_listen_backend_reconnects_and_catches_up(
+    db: psycopg.Connection, db_url: str, spawn_worker
+) -> None:
     worker = spawn_worker(db_url, POLL_INTERVAL_SECONDS="30")
     wait_until(lambda: worker.events_logged("listener.connected"), message="listener connected")
     seed(db, 1)
     wait_until(all_done(db, 1), timeout=10)
 
-    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-               "WHERE datname = current_database() AND query LIKE '%worker_events%' AND pid <> pg_backend_pid()")
+    killed = db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = %s", (LISTENER_APPLICATION_NAME,)
+    ).fetchall()
+    assert killed == [(True,)]
     seed(db, 5)  # written while the listener is down or reconnecting
     wait_until(lambda: worker.events_logged("listener.reconnected"), timeout=20, message="reconnected")
     wait_until(all_done(db, 6), timeout=20, message="events written meanwhile processed")
@@ -72,7 +80,9 @@ def test_postgres_restart_under_a_running_worker(private_server: PrivateServer, 
     assert worker.terminate() == 0
 
 
-def test_sigterm_exits_zero_in_time_with_nothing_processing(db: psycopg.Connection, db_url: str, spawn_worker) -> None:
+def test_sigterm_exits_zero_in_time_with_nothing_processing(
+    db: psycopg.Connection, db_url: str, spawn_worker
+) -> None:
     worker = spawn_worker(db_url)
     wait_until(lambda: worker.events_logged("worker.started"), message="worker started")
     seed(db, 500)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
+
 from handlers.contract import (
     DeliveryRecord,
     Event,
@@ -23,7 +24,7 @@ from listener.db import create_pool
 from listener.settings import Settings
 from listener.stream import EventStream
 from listener.worker import Worker
-from tests.appdata import add_client, add_performer, add_booking, events, status_counts
+from tests.appdata import add_booking, add_client, add_performer, events, status_counts
 from tests.waiting import async_wait_until
 
 
@@ -152,7 +153,8 @@ async def test_transient_failure_is_retried_then_succeeds(db: psycopg.Connection
                 deliveries=[DeliveryRecord("email", "ann@example.com", "failed", error_code="500")],
                 error=TransientDeliveryError("provider 500"),
             )
-        return Outcome(deliveries=[DeliveryRecord("email", "ann@example.com", "sent", provider_message_id="m1")])
+        sent = DeliveryRecord("email", "ann@example.com", "sent", provider_message_id="m1")
+        return Outcome(deliveries=[sent])
 
     seed_bookings(db, 1)
     handler = ScriptedHandler(script)

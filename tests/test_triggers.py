@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -50,7 +50,7 @@ def test_updates_that_change_nothing_relevant_emit_nothing(db: psycopg.Connectio
 
 
 def test_otp_insert_emits_otp_created_without_the_code(db: psycopg.Connection) -> None:
-    expires = datetime.now(timezone.utc) + timedelta(minutes=10)
+    expires = datetime.now(UTC) + timedelta(minutes=10)
     db.execute(
         "INSERT INTO otp_codes (email, code, purpose, expires_at) VALUES (%s, %s, 'login', %s)",
         ("ann@example.com", "493817", expires),

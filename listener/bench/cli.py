@@ -1,0 +1,122 @@
+"""The `flavor-worker bench` command: run the scenarios, print a table or one JSON object."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+
+from listener.bench import scenarios
+from listener.bench.provider import FakeProviderProcess
+from listener.embedded import start_embedded_server
+from listener.logs import configure_logging
+from listener.settings import load_settings
+
+SCENARIOS = ("drain", "latency", "slow", "writers")
+
+
+def machine_info(conninfo: str) -> dict[str, Any]:
+    with psycopg.connect(conninfo) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+    return {
+        "cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "postgres": version[0] if version else "?",
+        "python": platform.python_version(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Small sizes: seconds, for a CI smoke run.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--only", multiple=True, type=click.Choice(SCENARIOS), help="Run only these scenarios.")
+def bench(quick: bool, as_json: bool, only: tuple[str, ...]) -> None:
+    """Measure drain rate, commit-to-provider latency, slow-provider throughput, memory, headroom."""
+    settings = load_settings()
+    configure_logging("WARNING", "console", sys.stderr)
+    admin = settings.bench_database_url or start_embedded_server(Path(".data/bench-postgres"))
+    sizes = scenarios.Sizes.quick() if quick else scenarios.Sizes.full()
+    chosen = set(only or SCENARIOS)
+    results: dict[str, Any] = {"machine": machine_info(admin), "quick": quick}
+    with tempfile.TemporaryDirectory(prefix="flavor-bench-") as workdir:
+        bench_run = scenarios.Bench(admin, Path(workdir), sizes)
+        with FakeProviderProcess(Path(workdir)) as provider:
+            plan: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
+                ("drain", "drain_null", lambda: scenarios.drain_null(bench_run)),
+                ("drain", "drain_sdk", lambda: scenarios.drain_sdk(bench_run, provider)),
+                ("latency", "latency_null", lambda: scenarios.latency_null(bench_run)),
+                ("latency", "latency_sdk", lambda: scenarios.latency_sdk(bench_run, provider)),
+                ("slow", "slow_provider",
+                 lambda: scenarios.slow_provider(bench_run, provider, settings.worker_concurrency)),
+                ("writers", "writers_max_rate", lambda: scenarios.writers_at_max_rate(bench_run)),
+            ]
+            for group, name, run in plan:
+                if group in chosen:
+                    click.echo(f"running {name} ...", err=True)
+                    results[name] = run()
+    click.echo(json.dumps(results, indent=2) if as_json else render_table(results))
+
+
+def render_table(results: dict[str, Any]) -> str:
+    """A plain table: scenario, figure, value and target where one applies."""
+    m = results["machine"]
+    lines = [
+        f"machine: {m['cores']} cores ({m['cpu']}), PostgreSQL {m['postgres']}, Python {m['python']}"
+        + ("  [quick sizes]" if results["quick"] else ""),
+        "",
+        f"{'scenario':<18} {'figure':<28} {'value':>12} {'target':>12}",
+        "-" * 74,
+    ]
+    for name, figures in results.items():
+        if not isinstance(figures, dict) or name == "machine":
+            continue
+        for key, value in _flatten(figures):
+            if key.endswith("target_events_per_s") or "target" in key:
+                continue
+            target = _target_for(figures, key)
+            lines.append(f"{name:<18} {key:<28} {value!s:>12} {target:>12}")
+    return "\n".join(lines)
+
+
+def _flatten(figures: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    flat: list[tuple[str, Any]] = []
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            flat.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat.append((f"{prefix}{key}", value))
+    return flat
+
+
+def _target_for(figures: dict[str, Any], key: str) -> str:
+    section, _, leaf = key.rpartition(".")
+    scope = figures.get(section, figures) if section else figures
+    candidates = {
+        "events_per_s": ("target_events_per_s", ">="),
+        "messages_per_s": ("target_messages_per_s", ">="),
+        "p99_ms": ("target_p99_ms", "<="),
+    }
+    if leaf == "idle_rss_mb":
+        return "<= 70"
+    if leaf in candidates and candidates[leaf][0] in scope:
+        target_key, sign = candidates[leaf]
+        return f"{sign} {scope[target_key]}"
+    return ""
