@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import httpx
 import resend
 import structlog
 from resend.http_client_async import AsyncHTTPClient
@@ -111,6 +110,8 @@ class TwilioWhatsApp:
         self.limiter = RateLimiter(settings.twilio_rate_per_second)
         self._client: TwilioClient | None = None
         self._http: _TwilioHttpClient | None = None
+        if _loop_running():
+            self._twilio()
 
     def _twilio(self) -> TwilioClient:
         if self._client is None:  # aiohttp needs the running loop: create on first use, then reuse
@@ -154,12 +155,23 @@ class TwilioWhatsApp:
             self._http = self._client = None
 
 
-class _PooledHTTPXClient(AsyncHTTPClient):
-    """resend's async HTTP client with ONE persistent httpx client (the stock one opens one per call)."""
+class _PooledResendClient(AsyncHTTPClient):
+    """resend's async HTTP client on ONE persistent aiohttp session.
+
+    The stock client opens an httpx client per call (a new TLS context and connection each
+    time); httpx's own pool also costs several times aiohttp's CPU per request.
+    """
 
     def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.client: httpx.AsyncClient | None = None
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.session: aiohttp.ClientSession | None = None
+        if _loop_running():
+            self._open()
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(timeout=self.timeout)
+        return self.session
 
     async def request(
         self,
@@ -170,15 +182,24 @@ class _PooledHTTPXClient(AsyncHTTPClient):
         files: dict[str, Any] | None = None,
         data: dict[str, str] | None = None,
     ) -> tuple[bytes, int, Mapping[str, str]]:
-        if self.client is None:
-            self.client = httpx.AsyncClient(timeout=self.timeout)
-        response = await self.client.request(method, url, headers=headers, json=json, files=files, data=data)
-        return response.content, response.status_code, response.headers
+        # Connection errors propagate: the SDK reports them as a 500, which retries.
+        async with self._open().request(method, url, headers=dict(headers), json=json, data=data) as response:
+            return await response.read(), response.status, response.headers
 
     async def aclose(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+
+def _loop_running() -> bool:
+    """Create HTTP sessions up front when a loop runs (the daemon), so the first message
+    does not pay for them; otherwise on first use."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class ResendEmail:
@@ -189,7 +210,7 @@ class ResendEmail:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.limiter = RateLimiter(settings.resend_rate_per_second)
-        self.http = _PooledHTTPXClient(settings.provider_timeout_seconds)
+        self.http = _PooledResendClient(settings.provider_timeout_seconds)
         key = settings.resend_api_key
         resend.api_key = key.get_secret_value() if key else None
         # resend reads RESEND_API_URL only at import; the settings are the truth.
