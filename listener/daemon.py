@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 
 import psycopg
@@ -54,6 +55,17 @@ def build_handler(settings: Settings, pool: AsyncConnectionPool) -> Notification
     return NotificationRouter(settings, pool)
 
 
+def settle_garbage_collector() -> None:
+    """Move everything imported and built at start-up out of the collector's sight.
+
+    A long-lived daemon's start-up objects (modules, SDKs, templates) never die; without this,
+    every full collection walks them all and stalls the event loop for tens of milliseconds,
+    which shows up directly as message latency.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def run_daemon(settings: Settings, conninfo: str) -> None:
     """Run until SIGTERM/SIGINT; return after a graceful shutdown."""
     pool = create_pool(conninfo, settings.db_pool_max_size)
@@ -63,6 +75,7 @@ async def run_daemon(settings: Settings, conninfo: str) -> None:
     stream = EventStream(conninfo, worker.wake, ping_seconds=max(1.0, settings.poll_interval_seconds))
     structlog.contextvars.bind_contextvars(worker_id=worker.worker_id)
     log.info("daemon.starting", database=redacted_target(conninfo))
+    settle_garbage_collector()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

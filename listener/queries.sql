@@ -26,7 +26,29 @@ WHERE e.id = picked.id
 RETURNING e.id, e.kind, e.subject_id, e.payload, e.attempts, e.expires_at, e.created_at;
 
 -- name: complete_events
--- Record the outcome of a batch of claimed events in one statement (done, retry, failed, expired).
+-- Record a batch's outcomes and its ledger rows in ONE statement (atomic, one round trip).
+WITH ledger AS (
+    INSERT INTO worker.deliveries AS d
+        (event_id, channel, recipient, recipient_role, template, status,
+         provider_message_id, error_code, error_message, sent_at)
+    SELECT r.event_id, r.channel, r.recipient, r.recipient_role, r.template, r.status,
+           r.provider_message_id, r.error_code, r.error_message,
+           CASE WHEN r.status IN ('sent', 'simulated') THEN now() END
+    FROM unnest(%(d_event_ids)s::bigint[], %(d_channels)s::text[], %(d_recipients)s::text[],
+                %(d_roles)s::text[], %(d_templates)s::text[], %(d_statuses)s::text[],
+                %(d_message_ids)s::text[], %(d_error_codes)s::text[], %(d_error_messages)s::text[])
+         AS r(event_id, channel, recipient, recipient_role, template, status,
+              provider_message_id, error_code, error_message)
+    -- A retried delivery keeps its row and counts the attempt.
+    ON CONFLICT (event_id, channel, recipient) DO UPDATE
+    SET status = EXCLUDED.status,
+        provider_message_id = coalesce(EXCLUDED.provider_message_id, d.provider_message_id),
+        error_code = EXCLUDED.error_code,
+        error_message = EXCLUDED.error_message,
+        attempts = d.attempts + 1,
+        sent_at = coalesce(EXCLUDED.sent_at, d.sent_at),
+        updated_at = now()
+)
 UPDATE worker.events e
 SET status = o.status,
     run_at = CASE WHEN o.status = 'pending' THEN now() + make_interval(secs => o.delay)
@@ -40,28 +62,6 @@ FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(delays)s::float8[],
             %(errors)s::text[], %(payloads)s::jsonb[], %(released)s::boolean[])
      AS o(id, status, delay, last_error, payload, released)
 WHERE e.id = o.id AND e.status = 'processing' AND e.locked_by = %(worker_id)s;
-
--- name: record_deliveries
--- Upsert the ledger rows of a batch; a retried delivery keeps its row and counts the attempt.
-INSERT INTO worker.deliveries AS d
-    (event_id, channel, recipient, recipient_role, template, status,
-     provider_message_id, error_code, error_message, sent_at)
-SELECT r.event_id, r.channel, r.recipient, r.recipient_role, r.template, r.status,
-       r.provider_message_id, r.error_code, r.error_message,
-       CASE WHEN r.status IN ('sent', 'simulated') THEN now() END
-FROM unnest(%(event_ids)s::bigint[], %(channels)s::text[], %(recipients)s::text[],
-            %(roles)s::text[], %(templates)s::text[], %(statuses)s::text[],
-            %(message_ids)s::text[], %(error_codes)s::text[], %(error_messages)s::text[])
-     AS r(event_id, channel, recipient, recipient_role, template, status,
-          provider_message_id, error_code, error_message)
-ON CONFLICT (event_id, channel, recipient) DO UPDATE
-SET status = EXCLUDED.status,
-    provider_message_id = coalesce(EXCLUDED.provider_message_id, d.provider_message_id),
-    error_code = EXCLUDED.error_code,
-    error_message = EXCLUDED.error_message,
-    attempts = d.attempts + 1,
-    sent_at = coalesce(EXCLUDED.sent_at, d.sent_at),
-    updated_at = now();
 
 -- name: heartbeat
 -- Announce this worker, or keep its claims alive (re-adding it after a long disconnect).

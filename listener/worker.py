@@ -80,7 +80,7 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._inflight: dict[int, tuple[Event, asyncio.Task[None]]] = {}
         self._completions: list[Completion] = []
         self._flush_needed = asyncio.Event()
         self._closing = False
@@ -165,9 +165,8 @@ class Worker:
             if event.expires_at is not None and event.expires_at <= now:
                 self._complete(event, Outcome(), status="expired")
                 continue
-            self._inflight[event.id] = asyncio.create_task(
-                self._handle(event, context), name=f"event-{event.id}"
-            )
+            task = asyncio.create_task(self._handle(event, context), name=f"event-{event.id}")
+            self._inflight[event.id] = (event, task)
 
     async def _handle(self, event: Event, context: Any) -> None:
         bound = self._log.bind(event_id=event.id, kind=event.kind, subject_id=event.subject_id)
@@ -251,30 +250,14 @@ class Worker:
         return True
 
     async def _write(self, batch: list[Completion]) -> None:
-        deliveries = [(c.event.id, d) for c in batch for d in c.deliveries]
-        async with self.pool.connection() as conn, conn.transaction():
-            if deliveries:
-                await conn.execute(
-                    QUERIES["record_deliveries"], _delivery_columns(deliveries), prepare=True
-                )
-            await conn.execute(
-                QUERIES["complete_events"],
-                {
-                    "ids": [c.event.id for c in batch],
-                    "statuses": [c.status for c in batch],
-                    "delays": [c.delay for c in batch],
-                    "errors": [c.error for c in batch],
-                    "payloads": [Jsonb(c.payload) if c.payload is not None else None for c in batch],
-                    "released": [c.released for c in batch],
-                    "worker_id": self.worker_id,
-                },
-                prepare=True,
-            )
+        params = _completion_params(batch, self.worker_id)
+        async with self.pool.connection() as conn:
+            await conn.execute(QUERIES["complete_events"], params, prepare=True)
 
     # ------------------------------------------------------------------ shutdown
     async def _drain(self) -> None:
         """Let in-flight events finish within the grace period; release the rest unhandled."""
-        tasks = list(self._inflight.values())
+        tasks = [task for _, task in self._inflight.values()]
         if tasks:
             self._log.info("worker.draining", inflight=len(tasks))
             _, unfinished = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
@@ -282,28 +265,22 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
         finished = {c.event.id for c in self._completions}
-        leftover = [eid for eid in self._inflight if eid not in finished]
+        leftover = [event for eid, (event, _) in self._inflight.items() if eid not in finished]
         if leftover:
             self._log.warning("worker.released_unfinished", count=len(leftover))
             await self._release(leftover)
 
-    async def _release(self, event_ids: Iterable[int]) -> None:
-        ids = list(event_ids)
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                QUERIES["complete_events"],
-                {
-                    "ids": ids,
-                    "statuses": ["pending"] * len(ids),
-                    "delays": [0.0] * len(ids),
-                    "errors": [None] * len(ids),
-                    "payloads": [None] * len(ids),
-                    "released": [True] * len(ids),
-                    "worker_id": self.worker_id,
-                },
-            )
-        for event_id in ids:
-            self._inflight.pop(event_id, None)
+    async def _release(self, events: Iterable[Event]) -> None:
+        """Give claims back untouched: pending, due now, the attempt not counted."""
+        released = [Completion(event, "pending", released=True) for event in events]
+        try:
+            async with self.pool.connection() as conn:
+                await conn.execute(QUERIES["complete_events"], _completion_params(released, self.worker_id))
+        except psycopg.Error as exc:
+            # Still ours in the table: other workers free them once our heartbeat stops.
+            self._log.warning("worker.release_failed", error=str(exc), count=len(released))
+        for completion in released:
+            self._inflight.pop(completion.event.id, None)
 
     # ------------------------------------------------------------------ liveness
     async def _heartbeat_loop(self) -> None:
@@ -338,16 +315,24 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
 
-def _delivery_columns(rows: list[tuple[int, DeliveryRecord]]) -> dict[str, list[Any]]:
-    """Column arrays for the ledger upsert (one statement per batch, via unnest)."""
+def _completion_params(batch: list[Completion], worker_id: str) -> dict[str, Any]:
+    """Column arrays for `complete_events` (outcomes and ledger rows, bound with unnest)."""
+    rows = [(c.event.id, d) for c in batch for d in c.deliveries]
     return {
-        "event_ids": [eid for eid, _ in rows],
-        "channels": [d.channel for _, d in rows],
-        "recipients": [d.recipient for _, d in rows],
-        "roles": [d.recipient_role for _, d in rows],
-        "templates": [d.template for _, d in rows],
-        "statuses": [d.status for _, d in rows],
-        "message_ids": [d.provider_message_id for _, d in rows],
-        "error_codes": [d.error_code for _, d in rows],
-        "error_messages": [d.error_message for _, d in rows],
+        "ids": [c.event.id for c in batch],
+        "statuses": [c.status for c in batch],
+        "delays": [c.delay for c in batch],
+        "errors": [c.error for c in batch],
+        "payloads": [Jsonb(c.payload) if c.payload is not None else None for c in batch],
+        "released": [c.released for c in batch],
+        "worker_id": worker_id,
+        "d_event_ids": [eid for eid, _ in rows],
+        "d_channels": [d.channel for _, d in rows],
+        "d_recipients": [d.recipient for _, d in rows],
+        "d_roles": [d.recipient_role for _, d in rows],
+        "d_templates": [d.template for _, d in rows],
+        "d_statuses": [d.status for _, d in rows],
+        "d_message_ids": [d.provider_message_id for _, d in rows],
+        "d_error_codes": [d.error_code for _, d in rows],
+        "d_error_messages": [d.error_message for _, d in rows],
     }
