@@ -2,6 +2,10 @@
 --
 -- Silencing: `SET LOCAL flavor_worker.silence = 'on'` inside a transaction makes every trigger
 -- below emit nothing for that transaction (seeding, backfills, data repair).
+--
+-- The trigger functions are SECURITY DEFINER with a fixed search_path: they run with the rights of
+-- the role that ran the migrations, so the app's own role (Supabase's `authenticated`,
+-- `service_role`, ...) needs no privilege on schema `worker`, and its writes never fail because of it.
 
 CREATE FUNCTION worker.events_silenced() RETURNS boolean
 LANGUAGE sql STABLE AS $$
@@ -22,7 +26,7 @@ END
 $$;
 
 CREATE FUNCTION worker.on_booking_change() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, worker AS $$
 BEGIN
     IF worker.events_silenced() THEN
         RETURN NULL;
@@ -46,7 +50,7 @@ END
 $$;
 
 CREATE FUNCTION worker.on_otp_created() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, worker AS $$
 BEGIN
     IF worker.events_silenced() THEN
         RETURN NULL;
@@ -59,7 +63,7 @@ END
 $$;
 
 CREATE FUNCTION worker.on_vetting_change() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, worker AS $$
 BEGIN
     IF worker.events_silenced() THEN
         RETURN NULL;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -98,3 +99,23 @@ def test_notify_rings_on_commit(db_url: str, db: psycopg.Connection) -> None:
         add_party(db)
         notes = list(listener.notifies(timeout=5, stop_after=1))
     assert notes and notes[0].payload == "booking.created"
+
+
+def test_app_role_without_worker_privileges_can_write(db: psycopg.Connection) -> None:
+    """The app's own role (e.g. Supabase's `authenticated`) has no rights on schema worker."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    db.execute(f"CREATE ROLE {role}")
+    try:
+        db.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        db.execute(f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {role}")
+        db.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
+        with db.transaction():
+            db.execute(f"SET LOCAL ROLE {role}")
+            booking, _, _ = add_party(db)
+            db.execute("UPDATE bookings SET status = 'approved' WHERE id = %s", (booking,))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction():
+                db.execute("SELECT count(*) FROM worker.events")  # really no rights on worker
+    finally:
+        db.execute(f"DROP OWNED BY {role}")
+        db.execute(f"DROP ROLE {role}")
+    assert [e["kind"] for e in events(db)] == ["booking.created", "booking.approved"]
