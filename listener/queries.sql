@@ -70,16 +70,21 @@ VALUES (%(worker_id)s, %(hostname)s, %(pid)s)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
 
 -- name: release_dead_claims
--- Return to pending the events held by workers whose heartbeat stopped %(stale_seconds)s ago.
+-- Return to pending the events held by workers whose heartbeat stopped %(stale_seconds)s ago; an
+-- event that was claimed %(max_attempts)s times and took its worker down each time fails instead.
 UPDATE worker.events e
-SET status = 'pending', locked_by = NULL, locked_at = NULL, updated_at = now(),
-    last_error = coalesce(e.last_error, 'released: worker ' || e.locked_by || ' stopped')
+SET status = CASE WHEN e.attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
+    finished_at = CASE WHEN e.attempts >= %(max_attempts)s THEN now() END,
+    locked_by = NULL, updated_at = now(),
+    last_error = CASE WHEN e.attempts >= %(max_attempts)s
+                      THEN 'gave up: its worker stopped during each of ' || e.attempts || ' attempts'
+                      ELSE coalesce(e.last_error, 'released: worker ' || e.locked_by || ' stopped') END
 WHERE e.status = 'processing'
   AND NOT EXISTS (
       SELECT 1 FROM worker.workers w
       WHERE w.id = e.locked_by
         AND w.heartbeat_at > now() - make_interval(secs => %(stale_seconds)s))
-RETURNING e.id, e.kind, e.locked_by;
+RETURNING e.id, e.kind, e.locked_by, e.status;
 
 -- name: forget_dead_workers
 -- Drop the registry rows of workers silent for much longer than the stale threshold.
@@ -134,11 +139,16 @@ WHERE status = 'failed'
 RETURNING id;
 
 -- name: queue_stats
--- Pending depth and age of the oldest due pending event (health and metrics).
+-- Due pending depth, and the age of the oldest event a worker could claim right now (events waiting
+-- behind an older open event of their subject, e.g. one in retry backoff, are not "stuck").
 SELECT count(*) AS pending,
-       coalesce(extract(epoch FROM now() - min(run_at)), 0)::float8 AS oldest_pending_seconds
-FROM worker.events
-WHERE status = 'pending' AND run_at <= now();
+       coalesce(extract(epoch FROM now() - min(e.run_at) FILTER (WHERE NOT EXISTS (
+           SELECT 1 FROM worker.events older
+           WHERE older.subject_id = e.subject_id
+             AND older.id < e.id
+             AND older.status IN ('pending', 'processing')))), 0)::float8 AS oldest_pending_seconds
+FROM worker.events e
+WHERE e.status = 'pending' AND e.run_at <= now();
 
 -- name: record_delivery_status
 -- A provider's status callback for one message: delivered, read, failed or undelivered (read is never undone).

@@ -292,18 +292,24 @@ class Worker:
         """Refresh our heartbeat, free dead workers' claims and expire stale pending events."""
         params = {"worker_id": self.worker_id, "hostname": socket.gethostname(), "pid": os.getpid()}
         stale = {"stale_seconds": self.settings.stale_after_seconds}
+        release = {**stale, "max_attempts": self.settings.max_attempts}
         try:
             async with self.pool.connection() as conn:
                 await conn.execute(QUERIES["heartbeat"], params)
-                released = await (await conn.execute(QUERIES["release_dead_claims"], stale)).fetchall()
+                released = await (await conn.execute(QUERIES["release_dead_claims"], release)).fetchall()
                 expired = await (await conn.execute(QUERIES["expire_pending"])).fetchall()
                 await conn.execute(QUERIES["forget_dead_workers"], stale)
         except psycopg.Error as exc:
             if log_errors:
                 self._log.warning("worker.heartbeat_failed", error=str(exc))
             return
-        for event_id, kind, dead_worker in released:
-            self._log.warning("event.released", event_id=event_id, kind=kind, dead_worker=dead_worker)
+        for event_id, kind, dead_worker, status in released:
+            if status == "failed":
+                self._log.error("event.failed", event_id=event_id, kind=kind, dead_worker=dead_worker,
+                                error="its worker stopped during every attempt")
+                METRICS.events_failed.labels(kind=kind).inc()
+            else:
+                self._log.warning("event.released", event_id=event_id, kind=kind, dead_worker=dead_worker)
         for event_id, kind in expired:
             self._log.info("event.expired", event_id=event_id, kind=kind)
             METRICS.events_expired.labels(kind=kind).inc()

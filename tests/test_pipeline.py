@@ -7,6 +7,7 @@ contract), not a stand-in for any of our functions: it lets each test choose an 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,13 +30,18 @@ from tests.waiting import async_wait_until
 
 
 class ScriptedHandler:
-    def __init__(self, script: Callable[[Event], Outcome] | None = None, delay: float = 0.0) -> None:
+    def __init__(
+        self, script: Callable[[Event], Outcome] | None = None, delay: float = 0.0, jitter: float = 0.0
+    ) -> None:
         self.script = script or (lambda event: Outcome())
         self.delay = delay
+        self.jitter = jitter
         self.handled: list[Event] = []
         self.running = 0
         self.max_running = 0
         self.per_subject: dict[str | None, list[int]] = defaultdict(list)
+        self.open_subjects: set[str | None] = set()
+        self.overlaps: list[int] = []  # events started while another of their subject was running
 
     async def prepare(self, events: Sequence[Event]) -> None:
         return None
@@ -43,12 +49,16 @@ class ScriptedHandler:
     async def handle(self, event: Event, context: Any) -> Outcome:
         self.running += 1
         self.max_running = max(self.max_running, self.running)
+        if event.subject_id in self.open_subjects:
+            self.overlaps.append(event.id)
+        self.open_subjects.add(event.subject_id)
         try:
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(self.delay + random.uniform(0, self.jitter))
             self.handled.append(event)
             self.per_subject[event.subject_id].append(event.id)
             return self.script(event)
         finally:
+            self.open_subjects.discard(event.subject_id)
             self.running -= 1
 
 
@@ -135,10 +145,12 @@ async def test_per_subject_order_is_kept_with_concurrency(db: psycopg.Connection
     for status in ("approved", "deposit_uploaded", "deposit_verified", "accepted", "completed"):
         for booking in bookings:
             db.execute("UPDATE bookings SET status = %s WHERE id = %s", (status, booking))
-    handler = ScriptedHandler(delay=0.01)
+    # Random handling times: without the ordering guard, later events would overtake earlier ones.
+    handler = ScriptedHandler(jitter=0.03)
     async with Running(db_url, handler, worker_concurrency=16):
         await wait_all_finished(db, 36)
     assert handler.max_running > 1
+    assert handler.overlaps == []
     for booking in bookings:
         assert handler.per_subject[booking] == sorted(handler.per_subject[booking])
         kinds = [e.kind for e in handler.handled if e.subject_id == booking]
@@ -232,3 +244,21 @@ async def test_stop_releases_unfinished_work(db: psycopg.Connection, db_url: str
 
 async def _running(handler: ScriptedHandler) -> bool:
     return handler.running > 0
+
+
+async def test_dead_workers_claims_are_freed_and_a_crash_looping_event_fails(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    db.execute(
+        "INSERT INTO worker.events (kind, subject_id, status, attempts, locked_by, locked_at) VALUES "
+        "('booking.created', 'b1', 'processing', 1, 'dead-worker', now()),"
+        "('booking.created', 'b2', 'processing', 3, 'dead-worker', now())"
+    )
+    handler = ScriptedHandler()
+    async with Running(db_url, handler, max_attempts=3):
+        await wait_all_finished(db, 2)
+    by_subject = {e["subject_id"]: e for e in events(db)}
+    assert by_subject["b1"]["status"] == "done"
+    assert by_subject["b2"]["status"] == "failed"
+    assert "worker stopped during each of 3 attempts" in by_subject["b2"]["last_error"]
+    assert [e.subject_id for e in handler.handled] == ["b1"]
