@@ -21,6 +21,7 @@ from listener import admin
 from listener.bench.cli import bench
 from listener.db import resolve_database_url
 from listener.logs import configure_logging
+from listener.redaction import mask_text
 from listener.settings import Settings, load_settings
 from scheduler.cli import jobs
 
@@ -65,7 +66,19 @@ class AppContext:
 pass_app = click.make_pass_decorator(AppContext, ensure=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class WorkerCLI(click.Group):
+    """Database errors end any command with one readable line and exit code 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except psycopg.Error as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            click.echo(f"database error: {mask_text(first)}", err=True)
+            raise SystemExit(1) from None
+
+
+@click.group(cls=WorkerCLI, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """flavor-worker: messaging and background jobs for the Flavor booking platform."""
 

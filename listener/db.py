@@ -36,6 +36,8 @@ def tuned_conninfo(conninfo: str, application_name: str = "flavor-worker") -> st
     extra: dict[str, object] = {}
     if "application_name" not in params:
         extra["application_name"] = application_name
+    if "connect_timeout" not in params:  # a black-holed network must not hang a reconnect
+        extra["connect_timeout"] = 10
     if not str(params.get("host") or "").startswith("/"):
         extra.update({k: v for k, v in KEEPALIVES.items() if k not in params})
     return make_conninfo(conninfo, **extra)

@@ -21,16 +21,22 @@ _SECRET_KEYS = re.compile(
 _CONTACT_KEYS = re.compile(r"(phone|email|to|from|recipient|whatsapp|sender)$", re.IGNORECASE)
 
 _EMAIL = re.compile(r"(?<![\w.+-])([\w.+-])[\w.+-]*@([\w-]+(?:\.[\w-]+)+)")
-# An E.164 number, or a national one starting with 0, not glued to letters or hyphens,
-# so uuids and timestamps stay readable.
-_PHONE = re.compile(r"(?<![\w-])(?:whatsapp:)?((?:\+|0)\d(?:[ -]?\d){6,14})(?![\w-])")
+# An E.164 number, a national one starting with 0, or a bare run of 9-15 digits (an E.164
+# number without its +), not glued to letters or hyphens, so uuids and timestamps stay readable.
+_PHONE = re.compile(
+    r"(?<![\w-])(?:whatsapp:)?((?:\+|0)\d(?:[ -]?\d){6,14}|[1-9]\d{8,14})(?![\w-])"
+)
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 _BEARER = re.compile(r"(Bearer\s+)\S+", re.IGNORECASE)
 
 
 def mask_email(address: str) -> str:
     """`jane.doe@example.com` -> `j***@example.com`: enough to tell recipients apart."""
-    return _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", address)
+    return _EMAIL.sub(_masked_email, address)
+
+
+def _masked_email(match: re.Match[str]) -> str:
+    return f"{match.group(1)}***@{match.group(2)}"
 
 
 def mask_phone(number: str) -> str:
@@ -48,7 +54,7 @@ def mask_text(text: str) -> str:
     """Mask every email address, phone number, URL password and bearer token in free text."""
     text = _URL_PASSWORD.sub(r"\1" + REDACTED + "@", text)
     text = _BEARER.sub(r"\1" + REDACTED, text)
-    text = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    text = mask_email(text)
     return _PHONE.sub(lambda m: mask_phone(m.group(1)), text)
 
 
@@ -58,10 +64,13 @@ def redact_value(key: str, value: Any) -> Any:
         return {k: redact_value(str(k), v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact_value(key, v) for v in value]
-    if value is None or isinstance(value, (bool, int, float)):
+    if value is None or isinstance(value, bool):
         return value
+    # The key decides first: `code=123456` is an OTP whatever its type.
     if _SECRET_KEYS.search(key) and key not in {"error_code", "status_code", "exit_code"}:
         return REDACTED
+    if isinstance(value, (int, float)) and not _CONTACT_KEYS.search(key):
+        return value
     text = value if isinstance(value, str) else str(value)
     if _CONTACT_KEYS.search(key):
         return mask_email(text) if "@" in text else mask_phone(text)

@@ -7,6 +7,7 @@ as they are so an existing deployment's config vars carry over unchanged.
 
 from __future__ import annotations
 
+import re
 import sys
 from datetime import UTC
 from functools import cached_property
@@ -14,7 +15,7 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from scheduler.ticks import LocalCronTrigger
 
@@ -157,6 +158,11 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
-        for line in describe_validation_error(error):
-            print(line, file=sys.stderr)
-        raise SystemExit(CONFIG_ERROR_EXIT) from None
+        lines = describe_validation_error(error)
+    except SettingsError as error:  # a complex value (JSON) that does not even parse
+        field = re.search(r'field "(\w+)"', str(error))
+        name = field.group(1).upper() if field else "settings"
+        lines = [f"configuration error: {name}: not valid JSON"]
+    for line in lines:
+        print(line, file=sys.stderr)
+    raise SystemExit(CONFIG_ERROR_EXIT)

@@ -69,3 +69,31 @@ def test_masking_keeps_ids_and_dates_readable() -> None:
     text = "booking 0b7c2d6e-1111-2222-3333-444455556666 on 2026-11-30 for 0400 000 002"
     assert mask_text(text) == "booking 0b7c2d6e-1111-2222-3333-444455556666 on 2026-11-30 for 0******002"
     assert mask_phone("+61400000002") == "+61******002"
+
+
+def test_numbers_are_judged_by_their_key_and_bare_international_numbers_masked() -> None:
+    stream = capture_logs()
+    structlog.get_logger("test").info(
+        "otp.sent", code=493817, phone=61400000002, attempts=3, note="to 61400000002 about event 4821"
+    )
+    line = json.loads(stream.getvalue())
+    assert line["code"] == "***"
+    assert "61400000002" not in stream.getvalue()
+    assert line["attempts"] == 3
+    assert line["note"].endswith("about event 4821")
+
+
+def test_unparseable_json_setting_is_one_line_and_exit_2() -> None:
+    result = run_cli("check", WHATSAPP_CONTENT_TEMPLATES="{bad")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: WHATSAPP_CONTENT_TEMPLATES: not valid JSON"
+    ]
+
+
+def test_unreachable_database_is_one_line_and_exit_1() -> None:
+    result = run_cli("events", "list", DATABASE_URL="postgresql://app:hunter2pw@127.0.0.1:1/app")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("database error: ")
+    assert "hunter2pw" not in result.stderr and "Traceback" not in result.stderr
