@@ -7,7 +7,6 @@ unfinished claims go back to pending, and the process exits 0 well inside Heroku
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import signal
 
@@ -103,19 +102,27 @@ async def run_daemon(settings: Settings, conninfo: str) -> None:
                 stop.set()
         await asyncio.wait({worker_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         log.info("daemon.stopping")
+        # Everything stops taking new work at once, then in-flight work gets one shared grace
+        # period (SHUTDOWN_GRACE_SECONDS), so the whole exit stays inside a platform's 30 s.
         worker.stop()
-        await worker_task
+        await asyncio.gather(
+            http.stop() if http is not None else asyncio.sleep(0),
+            scheduler.shutdown(timeout=settings.shutdown_grace_seconds)
+            if scheduler is not None
+            else asyncio.sleep(0),
+            worker_task,
+        )
     finally:
+        # Idempotent: after the graceful path these return at once; after an error they clean up.
         if http is not None:
             await http.stop()
-        for task in (stream_task, stop_task):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await stream_task
         if scheduler is not None:
-            await scheduler.shutdown()
+            await scheduler.shutdown(timeout=1.0)
+        for task in (stream_task, stop_task, worker_task):
+            task.cancel()
+        await asyncio.gather(stream_task, stop_task, worker_task, return_exceptions=True)
         await handler.close()
-        await pool.close()
+        await pool.close(timeout=3)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         log.info("daemon.stopped")

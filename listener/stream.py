@@ -39,6 +39,9 @@ class EventStream:
                 await self._listen(conn)
             except (psycopg.OperationalError, OSError) as exc:
                 log.warning("listener.disconnected", error=str(exc))
+            except Exception:  # anything else: never fall back to polling alone for good
+                log.exception("listener.crashed")
+                await asyncio.sleep(1.0)
             finally:
                 self.connected = False
                 self.backend_pid = None

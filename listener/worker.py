@@ -84,6 +84,7 @@ class Worker:
         self._completions: list[Completion] = []
         self._flush_needed = asyncio.Event()
         self._closing = False
+        self._flushing: set[int] = set()  # ids being written right now (neither buffered nor done)
         self._log = log.bind(worker_id=self.worker_id)
 
     # ------------------------------------------------------------------ lifecycle
@@ -238,12 +239,15 @@ class Worker:
         batch, self._completions = self._completions, []
         if not batch:
             return True
+        self._flushing = {c.event.id for c in batch}
         try:
             await self._write(batch)
         except psycopg.Error as exc:
             self._completions[:0] = batch
             self._log.warning("worker.flush_failed", error=str(exc), count=len(batch))
             return False
+        finally:
+            self._flushing = set()
         for completion in batch:
             self._inflight.pop(completion.event.id, None)
         self.wake.set()
@@ -264,7 +268,7 @@ class Worker:
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
-        finished = {c.event.id for c in self._completions}
+        finished = {c.event.id for c in self._completions} | self._flushing
         leftover = [event for eid, (event, _) in self._inflight.items() if eid not in finished]
         if leftover:
             self._log.warning("worker.released_unfinished", count=len(leftover))
