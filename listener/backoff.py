@@ -15,8 +15,9 @@ def retry_delay(
 ) -> float:
     """Seconds to wait before attempt `attempts + 1`.
 
-    Full jitter (uniform in [0, base * 2^(attempts-1)]) spreads a burst of failures so they
-    do not return together; a provider's Retry-After is a floor, never shortened by jitter.
+    Jitter (uniform in [base/2, min(cap, base * 2^(attempts-1))]) spreads a burst of failures so
+    they do not return together, while never retrying sooner than half the base delay; a
+    provider's Retry-After is a floor, never shortened by jitter.
     """
     ceiling = min(cap, base * 2 ** max(0, attempts - 1))
     delay = (rng or random).uniform(base / 2, ceiling) if ceiling > base / 2 else ceiling
