@@ -5,15 +5,21 @@ keys), what the ledger already shows for that event (so a redelivery sends nothi
 collects one `DeliveryRecord` per (channel, recipient). The router opens a scope per event; the
 seed-named functions (`send_whatsapp`, `send_email`, `notify_*`, `send_*_email`) find it with
 `current_scope()`, so their signatures stay the seed's.
+
+`DeliveryScope.compose` is the one place a routing-table entry becomes a message (resolve the
+recipient, render, address); it returns an `Outgoing`, sent concurrently when awaited, and
+`together()` merges an event's parts so all its messages go out in ONE gather.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import structlog
@@ -22,7 +28,7 @@ from handlers.contract import DeliveryRecord, PermanentDeliveryError, TransientD
 from handlers.models import MessageContext, Person
 from handlers.phones import to_e164
 from handlers.rendering import Rendered, Templates
-from handlers.routing import Channel, Route
+from handlers.routing import ROUTES, Channel, Route, routes_for
 from listener.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -78,6 +84,37 @@ class Target:
     address: str
     name: str
     person: Person | None = None
+
+
+class Outgoing:
+    """Messages composed (addressed and rendered) in one scope, not yet sent.
+
+    The seed's notify/send functions return one: awaiting it sends its messages concurrently
+    and gives their ledger records (None-free). `together()` joins the parts of one event.
+    """
+
+    __slots__ = ("messages", "scope")
+
+    def __init__(self, scope: DeliveryScope, messages: list[Message]) -> None:
+        self.scope = scope
+        self.messages = messages
+
+    def __await__(self) -> Generator[Any, None, list[DeliveryRecord]]:
+        return self.scope.send_all(self.messages).__await__()
+
+
+def together(*parts: Outgoing) -> Outgoing:
+    """One `Outgoing` of all `parts` (of the same scope): one gather, not one per part."""
+    scope = parts[0].scope
+    if any(part.scope is not scope for part in parts):
+        raise ValueError("parts composed in different delivery scopes")
+    return Outgoing(scope, [message for part in parts for message in part.messages])
+
+
+@lru_cache(maxsize=64)
+def _delivery_counter(channel: str, status: str) -> Any:
+    """The metric child of one (channel, status): `.labels()` costs a lock and a tuple per call."""
+    return METRICS.deliveries.labels(channel, status)
 
 
 class Dispatcher:
@@ -222,13 +259,85 @@ class DeliveryScope:
             )
         )
 
-    # ------------------------------------------------------------------ rendering
-    def render(self, route: Route, ctx: MessageContext, target: Target) -> Rendered:
-        variables = ctx.template_vars()
-        variables.update(role=target.role, name=target.name or "there", recipient=target.person)
-        return self.dispatcher.templates.render(route.channel, route.template, variables)
+    # ------------------------------------------------------------------ composing
+    def compose(self, kind: str, ctx: MessageContext, channel: Channel | None = None) -> Outgoing:
+        """The messages of every route of `kind` (only `channel`'s when given), not yet sent.
+
+        Recipients who must not get one (opted out, no or bad address) are recorded here.
+        """
+        shared = ctx.template_vars()  # once per call, not once per recipient
+        messages = []
+        for route in ROUTES.get(kind, ()) if channel is None else routes_for(kind, channel):
+            target = self.resolve(route, ctx)
+            if target is not None:
+                messages.append(self._message(route, ctx, target, shared))
+        return Outgoing(self, messages)
+
+    def skip(self, kind: str, ctx: MessageContext, code: str, reason: str) -> list[DeliveryRecord]:
+        """Record every route of `kind` as `skipped` with `reason` (the event no longer applies)."""
+        records = []
+        for route in ROUTES.get(kind, ()):
+            target = self.resolve(route, ctx)
+            if target is not None:
+                record = self.refuse(route, target.address, code, reason, "skipped")
+                if record is not None:
+                    records.append(record)
+        return records
+
+    def _render(self, route: Route, target: Target, shared: dict[str, Any]) -> Rendered:
+        return self.dispatcher.templates.render(
+            route.channel,
+            route.template,
+            shared,
+            role=target.role,
+            name=target.name or "there",
+            recipient=target.person,
+        )
+
+    def _message(self, route: Route, ctx: MessageContext, target: Target, shared: dict[str, Any]) -> Message:
+        rendered = self._render(route, target, shared)
+        message = Message(
+            channel=route.channel,
+            recipient=target.address,
+            text=rendered.text,
+            role=route.role,
+            template=route.template,
+            subject=rendered.subject,
+        )
+        if route.channel == "whatsapp":
+            content_sid = self.settings.whatsapp_content_templates.get(route.template)
+            if content_sid:  # an approved template, needed outside the 24 h window
+                message.content_sid = content_sid
+                message.content_variables = content_variables(ctx, target, rendered.text)
+        elif route.channel == "email":
+            message.html = rendered.html
+            message.reply_to = self.settings.admin_email
+            message.secret = ctx.otp_code
+        else:
+            message.meta = {
+                "recipient_type": route.role,
+                "recipient_id": target.person.id if target.person else None,
+                "booking_id": ctx.booking.id if ctx.booking else None,
+                "type": route.template,
+            }
+        return message
 
     # ------------------------------------------------------------------ sending
+    async def send_all(self, messages: list[Message]) -> list[DeliveryRecord]:
+        """Send `messages` concurrently; returns the records made.
+
+        Every send runs to its end before an unexpected error is re-raised, so no send is left
+        running unrecorded behind the caller's back (its record is in `self.records`).
+        """
+        if len(messages) == 1:  # nothing to overlap with: no task needed
+            record = await self.send(messages[0])
+            return [record] if record is not None else []
+        results = await asyncio.gather(*(self.send(m) for m in messages), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [result for result in results if result is not None]  # type: ignore[misc]
+
     async def send(self, message: Message) -> DeliveryRecord | None:
         """Send one message unless the ledger already has it; record what happened.
 
@@ -247,7 +356,7 @@ class DeliveryScope:
             self._claimed.discard(key)
             if self.transient is None or (exc.retry_after or 0) > (self.transient.retry_after or 0):
                 self.transient = exc
-            METRICS.deliveries.labels(message.channel, "retry").inc()
+            _delivery_counter(message.channel, "retry").inc()
             log.warning(
                 "delivery.transient_error",
                 event_id=self.event_id,
@@ -272,7 +381,7 @@ class DeliveryScope:
 
     def record(self, record: DeliveryRecord) -> DeliveryRecord:
         self.records.append(record)
-        METRICS.deliveries.labels(record.channel, record.status).inc()
+        _delivery_counter(record.channel, record.status).inc()
         return record
 
     @staticmethod
@@ -293,3 +402,14 @@ class DeliveryScope:
         else:  # a direct call: the same content to the same person is the same message
             basis = f"direct|{message.channel}|{message.recipient}|{message.subject}|{message.text}"
         return "flavor-" + hashlib.sha256(basis.encode()).hexdigest()[:40]
+
+
+def content_variables(ctx: MessageContext, target: Target, text: str) -> dict[str, str]:
+    """Variables for an approved Content template: {1: name, 2: reference, 3: when, 4: full text}."""
+    booking = ctx.booking
+    return {
+        "1": target.name or "there",
+        "2": booking.reference if booking else "",
+        "3": booking.starts if booking else "",
+        "4": text,
+    }

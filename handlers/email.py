@@ -1,22 +1,22 @@
 """Email notifications: the seed's `src/integrations/email` functions, in Python.
 
-`send_email` is the one way out (HTML and plain text, an Idempotency-Key per (event, channel,
-recipient)); the `get_*_email` builders return subject/html/text from the Jinja2 templates;
-the `send_*_email` functions name an event kind and let the routing table pick recipients.
+Every email has an HTML and a plain-text part and an Idempotency-Key per (event, channel,
+recipient). `send_email` sends one email now; the `get_*_email` builders return
+subject/html/text from the Jinja2 templates; the `send_*_email` functions name an event kind,
+let the routing table pick recipients and return the composed emails (await them to send).
 """
 
 from __future__ import annotations
 
-import asyncio
 import html as html_lib
 import re
 from decimal import Decimal
 
 from handlers.contract import DeliveryRecord, PermanentDeliveryError
-from handlers.delivery import Message, current_scope
+from handlers.delivery import Message, Outgoing, current_scope
 from handlers.models import Application, Booking, MessageContext, Person
 from handlers.rendering import Rendered
-from handlers.routing import Route, routes_for
+from handlers.routing import Route
 
 _TAG = re.compile(r"<[^>]+>")
 _BLANKS = re.compile(r"\n\s*\n+")
@@ -85,101 +85,73 @@ def get_vetting_approval_email(application: Application, approved: bool, notes: 
 
 
 def render_email(template: str, ctx: MessageContext, *, role: str, name: str = "") -> Rendered:
-    variables = ctx.template_vars()
-    variables.update(role=role, name=name or "there", recipient=None)
-    return current_scope().dispatcher.templates.render("email", template, variables)
+    templates = current_scope().dispatcher.templates
+    return templates.render(
+        "email", template, ctx.template_vars(), role=role, name=name or "there", recipient=None
+    )
 
 
 # ---------------------------------------------------------------------- senders (seed names)
-async def send_booking_confirmation_email(
-    booking: Booking, client: Person, performer: Person
-) -> list[DeliveryRecord]:
+# Each returns the composed emails (`Outgoing`): awaiting it sends them (see handlers.whatsapp).
+def send_booking_confirmation_email(booking: Booking, client: Person, performer: Person) -> Outgoing:
     """Booking confirmed (deposit verified)."""
-    return await send_routes(
+    return send_routes(
         "booking.deposit_verified", MessageContext(booking=booking, client=client, performer=performer)
     )
 
 
-async def send_booking_received_email(
-    booking: Booking, client: Person, performer: Person
-) -> list[DeliveryRecord]:
+def send_booking_received_email(booking: Booking, client: Person, performer: Person) -> Outgoing:
     """A new booking request was received."""
-    return await send_routes(
-        "booking.created", MessageContext(booking=booking, client=client, performer=performer)
-    )
+    return send_routes("booking.created", MessageContext(booking=booking, client=client, performer=performer))
 
 
-async def send_deposit_instructions_email(
-    booking: Booking, client: Person, performer: Person
-) -> list[DeliveryRecord]:
+def send_deposit_instructions_email(booking: Booking, client: Person, performer: Person) -> Outgoing:
     """The booking is approved: how to pay the deposit."""
-    return await send_routes(
+    return send_routes(
         "booking.approved", MessageContext(booking=booking, client=client, performer=performer)
     )
 
 
-async def send_booking_cancelled_email(
+def send_booking_cancelled_email(
     booking: Booking, client: Person, performer: Person, reason: str | None
-) -> list[DeliveryRecord]:
+) -> Outgoing:
     """The booking was cancelled, with the reason."""
     ctx = MessageContext(booking=booking, client=client, performer=performer, reason=reason)
-    return await send_routes("booking.cancelled", ctx)
+    return send_routes("booking.cancelled", ctx)
 
 
-async def send_booking_reminder_email(
+def send_booking_reminder_email(
     booking: Booking, client: Person, performer: Person, hours_until_event: int
-) -> list[DeliveryRecord]:
+) -> Outgoing:
     """Reminder email `hours_until_event` hours before the event."""
     ctx = MessageContext(
         booking=booking, client=client, performer=performer, hours_until_event=hours_until_event
     )
-    return await send_routes("booking.reminder_due", ctx)
+    return send_routes("booking.reminder_due", ctx)
 
 
-async def send_payment_reminder_email(
+def send_payment_reminder_email(
     booking: Booking, client: Person, performer: Person, outstanding: Decimal
-) -> list[DeliveryRecord]:
+) -> Outgoing:
     """The balance still owed before the event."""
     ctx = MessageContext(booking=booking, client=client, performer=performer, outstanding=outstanding)
-    return await send_routes("booking.payment_due", ctx)
+    return send_routes("booking.payment_due", ctx)
 
 
-async def send_otp_email(email: str, otp: str, expiry_minutes: int) -> list[DeliveryRecord]:
+def send_otp_email(email: str, otp: str, expiry_minutes: int) -> Outgoing:
     """Send a one-time code to `email`."""
-    return await send_routes(
+    return send_routes(
         "otp.created", MessageContext(otp_email=email, otp_code=otp, expiry_minutes=expiry_minutes)
     )
 
 
-async def send_vetting_approval_email(
-    application: Application, approved: bool, notes: str | None
-) -> list[DeliveryRecord]:
+def send_vetting_approval_email(application: Application, approved: bool, notes: str | None) -> Outgoing:
     """Tell an applicant the vetting decision."""
-    return await send_routes(
+    return send_routes(
         "vetting.decided", MessageContext(application=application, approved=approved, notes=notes)
     )
 
 
-async def send_routes(kind: str, ctx: MessageContext) -> list[DeliveryRecord]:
-    """Send every email route of `kind`, concurrently; returns the records made."""
-    scope = current_scope()
-    sends = []
-    for route in routes_for(kind, "email"):
-        target = scope.resolve(route, ctx)
-        if target is None:
-            continue
-        rendered = scope.render(route, ctx, target)
-        sends.append(
-            send_email(
-                target.address,
-                rendered.subject or "",
-                rendered.html or "",
-                text=rendered.text,
-                reply_to=scope.settings.admin_email,
-                role=route.role,
-                template=route.template,
-                secret=ctx.otp_code,
-            )
-        )
-    results = await asyncio.gather(*sends)
-    return [record for record in results if record is not None]
+def send_routes(kind: str, ctx: MessageContext) -> Outgoing:
+    """The emails of `kind`, composed; await the result to send them."""
+    return current_scope().compose(kind, ctx, "email")

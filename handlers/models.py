@@ -114,9 +114,18 @@ class MessageContext:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
 
 
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_MONTHS = ("", "January", "February", "March", "April", "May", "June", "July", "August", "September",
+           "October", "November", "December")  # fmt: skip
+
+
 def format_local(moment: datetime, zone: ZoneInfo) -> str:
-    """A human date and time in `zone`, without platform-specific strftime flags."""
+    """A human date and time in `zone`: English names whatever the process locale, and no
+    strftime (platform-specific flags, and the slowest part of a message)."""
     local = moment.astimezone(zone)
     hour = local.hour % 12 or 12
     half = "am" if local.hour < 12 else "pm"
-    return f"{local:%A} {local.day} {local:%B %Y}, {hour}:{local:%M} {half} {local.tzname()}"
+    return (
+        f"{_DAYS[local.weekday()]} {local.day} {_MONTHS[local.month]} {local.year}, "
+        f"{hour}:{local.minute:02d} {half} {local.tzname()}"
+    )

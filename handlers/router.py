@@ -2,25 +2,31 @@
 
 `prepare()` loads, in ONE query per batch, every row the batch's messages need plus what the
 ledger already holds for each event; `handle()` opens a delivery scope for the event and calls
-the seed-named functions for its kind, which consult the routing table and send concurrently.
+the seed-named functions for its kind, which consult the routing table; the event's messages
+are then sent concurrently, in one gather.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from handlers.contract import Event, Outcome, PermanentDeliveryError
-from handlers.delivery import DeliveryScope, Dispatcher, current_scope, delivering, install_dispatcher
+from handlers.contract import Event, Outcome, PermanentDeliveryError, TransientDeliveryError
+from handlers.delivery import (
+    DeliveryScope,
+    Dispatcher,
+    current_scope,
+    delivering,
+    install_dispatcher,
+    together,
+)
 from handlers.email import (
     send_booking_cancelled_email,
     send_booking_confirmation_email,
@@ -33,13 +39,13 @@ from handlers.email import (
 )
 from handlers.in_app import add_in_app_notifications
 from handlers.models import Application, Booking, MessageContext, OtpCode, Person
-from handlers.routing import Route
 from handlers.transports import build_transports
 from handlers.whatsapp import (
     notify_booking_accepted,
     notify_booking_approved,
     notify_booking_cancelled,
     notify_booking_created,
+    notify_booking_declined,
     notify_deposit_uploaded,
     notify_deposit_verified,
     send_booking_reminder,
@@ -77,6 +83,13 @@ class EventData:
 
 Sender = Callable[[Event, EventData], Awaitable[Any]]
 
+#: Used when `prepare()` found nothing for an event (its rows are gone).
+NO_DATA = EventData(None, None, None, None, None, frozenset())
+#: A booking still gets its reminder in these statuses (the scheduler's "confirmed").
+REMINDED_STATUSES = frozenset({"deposit_verified", "accepted"})
+#: A balance is no longer asked for in these statuses.
+UNPAYABLE_STATUSES = frozenset({"cancelled", "completed"})
+
 
 class NotificationRouter:
     """Routes every catalog event to its WhatsApp, email and in-app deliveries."""
@@ -109,32 +122,45 @@ class NotificationRouter:
         return {row[0]: _event_data(row) for row in rows}
 
     async def handle(self, event: Event, context: dict[int, EventData]) -> Outcome:
-        sender = SENDERS.get(event.kind)
-        if sender is None:  # not a notification event (e.g. booking.completed): nothing to send
-            return Outcome()
-        data = context.get(event.id) or EventData(None, None, None, None, None, frozenset())
-        scope = DeliveryScope(self.dispatcher, event.id, data.ledger)
-        with delivering(scope):
-            try:
-                await sender(event, data)
-            except PermanentDeliveryError as exc:
-                return Outcome(deliveries=scope.records, error=exc)
-        return Outcome(deliveries=scope.records, error=scope.transient)
+        return await handle_event(self.dispatcher, event, context.get(event.id) or NO_DATA)
 
     async def close(self) -> None:
         """Close the providers' HTTP clients (on daemon shutdown)."""
         await self.dispatcher.close()
 
 
+async def handle_event(dispatcher: Dispatcher, event: Event, data: EventData) -> Outcome:
+    """Send what `event` calls for; every problem is reported in the Outcome, never raised.
+
+    Whatever was sent before a failure is in `Outcome.deliveries`, so the ledger keeps it and a
+    retry does not send it twice.
+    """
+    sender = SENDERS.get(event.kind)
+    if sender is None:  # not a notification event (e.g. booking.completed): nothing to send
+        return Outcome()
+    scope = DeliveryScope(dispatcher, event.id, data.ledger)
+    with delivering(scope):
+        try:
+            await sender(event, data)
+        except PermanentDeliveryError as exc:
+            return Outcome(deliveries=scope.records, error=exc)
+        except Exception as exc:  # a bug or an unmapped failure: keep what went out, retry the rest
+            log.exception("event.delivery_crashed", event_id=event.id, kind=event.kind)
+            error = TransientDeliveryError(f"{type(exc).__name__}: {exc}", code="unexpected")
+            return Outcome(deliveries=scope.records, error=error)
+    return Outcome(deliveries=scope.records, error=scope.transient)
+
+
 # ---------------------------------------------------------------------------- per event kind
+# Each awaits ONE `together(...)`: all of an event's messages are sent in a single flat gather.
 async def _booking_created(event: Event, data: EventData) -> None:
     b, c, p = data.parties()
-    await asyncio.gather(notify_booking_created(b, c, p), send_booking_received_email(b, c, p))
+    await together(notify_booking_created(b, c, p), send_booking_received_email(b, c, p))
 
 
 async def _booking_approved(event: Event, data: EventData) -> None:
     b, c, p = data.parties()
-    await asyncio.gather(notify_booking_approved(b, c, p), send_deposit_instructions_email(b, c, p))
+    await together(notify_booking_approved(b, c, p), send_deposit_instructions_email(b, c, p))
 
 
 async def _deposit_uploaded(event: Event, data: EventData) -> None:
@@ -143,7 +169,7 @@ async def _deposit_uploaded(event: Event, data: EventData) -> None:
 
 async def _deposit_verified(event: Event, data: EventData) -> None:
     b, c, p = data.parties()
-    await asyncio.gather(notify_deposit_verified(b, c, p), send_booking_confirmation_email(b, c, p))
+    await together(notify_deposit_verified(b, c, p), send_booking_confirmation_email(b, c, p))
 
 
 async def _booking_accepted(event: Event, data: EventData) -> None:
@@ -154,9 +180,7 @@ async def _booking_cancelled(event: Event, data: EventData) -> None:
     b, c, p = data.parties()
     # The reason captured by the trigger is what the parties must hear, even if edited since.
     reason = event.payload.get("reason") or b.cancellation_reason
-    await asyncio.gather(
-        notify_booking_cancelled(b, c, p, reason), send_booking_cancelled_email(b, c, p, reason)
-    )
+    await together(notify_booking_cancelled(b, c, p, reason), send_booking_cancelled_email(b, c, p, reason))
 
 
 async def _reminder_due(event: Event, data: EventData) -> None:
@@ -165,7 +189,10 @@ async def _reminder_due(event: Event, data: EventData) -> None:
     if not isinstance(hours, int):
         hours = max(0, round((b.event_start - datetime.now(UTC)).total_seconds() / 3600))
     ctx = MessageContext(booking=b, client=c, performer=p, hours_until_event=hours)
-    await asyncio.gather(
+    if b.status not in REMINDED_STATUSES:  # cancelled (or moved back) since it was queued
+        current_scope().skip(event.kind, ctx, "no_longer_due", f"booking is {b.status}")
+        return
+    await together(
         send_booking_reminder(b, c, p, hours),
         send_booking_reminder_email(b, c, p, hours),
         add_in_app_notifications(event.kind, ctx),
@@ -174,12 +201,13 @@ async def _reminder_due(event: Event, data: EventData) -> None:
 
 async def _payment_due(event: Event, data: EventData) -> None:
     b, c, p = data.parties()
-    try:
-        outstanding = Decimal(str(event.payload["outstanding"]))
-    except (KeyError, InvalidOperation):
-        outstanding = b.outstanding
+    outstanding = b.outstanding  # the balance now: a payment may have arrived since it was queued
     ctx = MessageContext(booking=b, client=c, performer=p, outstanding=outstanding)
-    await asyncio.gather(
+    if b.status in UNPAYABLE_STATUSES or outstanding <= 0:
+        reason = f"booking is {b.status}" if b.status in UNPAYABLE_STATUSES else "balance already paid"
+        current_scope().skip(event.kind, ctx, "no_longer_due", reason)
+        return
+    await together(
         send_payment_reminder(b, c, p, outstanding),
         send_payment_reminder_email(b, c, p, outstanding),
         add_in_app_notifications(event.kind, ctx),
@@ -192,12 +220,8 @@ async def _otp_created(event: Event, data: EventData) -> None:
         raise PermanentDeliveryError("otp code not found", code="not_found")
     now = datetime.now(UTC)
     if otp.used_at is not None or otp.expires_at <= now:
-        scope = current_scope()
         reason = "used" if otp.used_at is not None else "expired"
-        recipient = otp.email.strip().lower()
-        scope.refuse(
-            Route("requester", "email", "otp"), recipient, reason, f"otp already {reason}", "skipped"
-        )
+        current_scope().skip(event.kind, MessageContext(otp_email=otp.email), reason, f"otp already {reason}")
         return
     minutes = max(1, math.ceil((otp.expires_at - now).total_seconds() / 60))
     await send_otp_email(otp.email, otp.code, minutes)
@@ -209,6 +233,12 @@ async def _vetting_decided(event: Event, data: EventData) -> None:
         raise PermanentDeliveryError("vetting application not found", code="not_found")
     decision = event.payload.get("decision") or application.status
     await send_vetting_approval_email(application, decision == "approved", application.review_notes)
+
+
+async def _whatsapp_inbound(event: Event, data: EventData) -> None:
+    # Only DECLINE alerts anyone (handlers.inbound); other commands were answered in the reply.
+    if event.payload.get("command") == "decline":
+        await notify_booking_declined(*data.parties())
 
 
 #: Which of the seed's functions each event kind calls (who hears what: handlers.routing.ROUTES).
@@ -223,6 +253,7 @@ SENDERS: dict[str, Sender] = {
     "booking.payment_due": _payment_due,
     "otp.created": _otp_created,
     "vetting.decided": _vetting_decided,
+    "whatsapp.inbound": _whatsapp_inbound,
 }
 
 

@@ -74,6 +74,8 @@ ROUTES: dict[str, tuple[Route, ...]] = {
     ),
     "otp.created": (_r("requester", "email", "otp"),),
     "vetting.decided": (_r("applicant", "email", "vetting_decision"),),
+    # A performer's DECLINE by WhatsApp (handlers.inbound; payload command "decline").
+    "whatsapp.inbound": (_r("admin", "whatsapp", "booking_declined_admin"),),
 }
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import psycopg
 import resend
 import structlog
 from resend.http_client_async import AsyncHTTPClient
@@ -313,23 +314,34 @@ class InAppNotifications:
     async def send(self, message: Message) -> Sent:
         meta = message.meta or {}
         row_id = uuid.uuid5(_IN_APP_NAMESPACE, message.idempotency_key)
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                self.insert_sql,
-                {
-                    "id": row_id,
-                    "recipient_type": meta.get("recipient_type"),
-                    "recipient_id": meta.get("recipient_id"),
-                    "booking_id": meta.get("booking_id"),
-                    "type": meta.get("type"),
-                    "title": message.subject or "",
-                    "message": message.text,
-                },
-            )
+        try:
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    self.insert_sql,
+                    {
+                        "id": row_id,
+                        "recipient_type": meta.get("recipient_type"),
+                        "recipient_id": meta.get("recipient_id"),
+                        "booking_id": meta.get("booking_id"),
+                        "type": meta.get("type"),
+                        "title": message.subject or "",
+                        "message": message.text,
+                    },
+                )
+        except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
+            # The row itself is refused (a constraint, a bad value): the same row never fits.
+            raise PermanentDeliveryError(_database_error(exc), code=exc.sqlstate or "database") from None
+        except psycopg.Error as exc:  # connection lost, pool exhausted, table missing: try again later
+            raise TransientDeliveryError(_database_error(exc), code=exc.sqlstate or "database") from None
         return Sent("sent", str(row_id))
 
     async def close(self) -> None:
         return None
+
+
+def _database_error(exc: psycopg.Error) -> str:
+    """The error's first line only: a constraint's DETAIL would quote the row (names, messages)."""
+    return f"in_app: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def build_transports(settings: Settings, pool: AsyncConnectionPool, insert_sql: str) -> dict[str, Transport]:

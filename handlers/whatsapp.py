@@ -1,18 +1,20 @@
 """WhatsApp notifications: the seed's `src/integrations/twilio` functions, in Python.
 
-Every function here is thin: it names an event kind, and the routing table says who hears it
-and with which template; `send_whatsapp` hands the rendered text to the scope's transport.
+Every `notify_*` function is thin: it names an event kind, and the routing table says who hears
+it and with which template. It returns the composed messages (`handlers.delivery.Outgoing`):
+`await notify_booking_created(b, c, p)` sends them and gives the ledger records, and the router
+joins an event's WhatsApp and email parts so they go out together. `send_whatsapp` sends one
+message to one number now.
 """
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 
 from handlers.contract import DeliveryRecord, PermanentDeliveryError
-from handlers.delivery import Message, Target, current_scope
+from handlers.delivery import Message, Outgoing, current_scope
 from handlers.models import Booking, MessageContext, Person
-from handlers.routing import Route, routes_for
+from handlers.routing import Route
 
 
 async def send_whatsapp(
@@ -60,103 +62,66 @@ async def send_admin_whatsapp(
     return await send_whatsapp(admin, message, role="admin", template=template, variables=variables)
 
 
-async def notify_booking_created(booking: Booking, client: Person, performer: Person) -> list[DeliveryRecord]:
+def notify_booking_created(booking: Booking, client: Person, performer: Person) -> Outgoing:
     """New booking request: admin, client and performer hear about it."""
-    return await notify(
-        "booking.created", MessageContext(booking=booking, client=client, performer=performer)
-    )
+    return notify("booking.created", MessageContext(booking=booking, client=client, performer=performer))
 
 
-async def notify_booking_approved(
-    booking: Booking, client: Person, performer: Person
-) -> list[DeliveryRecord]:
+def notify_booking_approved(booking: Booking, client: Person, performer: Person) -> Outgoing:
     """Approved: the client gets deposit instructions, the performer a heads-up."""
-    return await notify(
-        "booking.approved", MessageContext(booking=booking, client=client, performer=performer)
-    )
+    return notify("booking.approved", MessageContext(booking=booking, client=client, performer=performer))
 
 
-async def notify_deposit_uploaded(
-    booking: Booking, client: Person, performer: Person
-) -> list[DeliveryRecord]:
+def notify_deposit_uploaded(booking: Booking, client: Person, performer: Person) -> Outgoing:
     """The client uploaded a deposit receipt: the admin must verify it."""
-    return await notify(
+    return notify(
         "booking.deposit_uploaded", MessageContext(booking=booking, client=client, performer=performer)
     )
 
 
-async def notify_deposit_verified(
-    booking: Booking, client: Person, performer: Person
-) -> list[DeliveryRecord]:
+def notify_deposit_verified(booking: Booking, client: Person, performer: Person) -> Outgoing:
     """Deposit verified: the booking is confirmed for the client; the performer is asked to accept."""
-    return await notify(
+    return notify(
         "booking.deposit_verified", MessageContext(booking=booking, client=client, performer=performer)
     )
 
 
-async def notify_booking_accepted(
-    booking: Booking, client: Person, performer: Person
-) -> list[DeliveryRecord]:
+def notify_booking_accepted(booking: Booking, client: Person, performer: Person) -> Outgoing:
     """The performer accepted: client and admin hear about it."""
-    return await notify(
-        "booking.accepted", MessageContext(booking=booking, client=client, performer=performer)
-    )
+    return notify("booking.accepted", MessageContext(booking=booking, client=client, performer=performer))
 
 
-async def send_booking_reminder(
+def notify_booking_declined(booking: Booking, client: Person, performer: Person) -> Outgoing:
+    """The performer declined by WhatsApp (DECLINE <reference>): the admin must find someone else."""
+    return notify("whatsapp.inbound", MessageContext(booking=booking, client=client, performer=performer))
+
+
+def send_booking_reminder(
     booking: Booking, client: Person, performer: Person, hours_until_event: int
-) -> list[DeliveryRecord]:
+) -> Outgoing:
     """Reminder to both parties `hours_until_event` hours before the event."""
     ctx = MessageContext(
         booking=booking, client=client, performer=performer, hours_until_event=hours_until_event
     )
-    return await notify("booking.reminder_due", ctx)
+    return notify("booking.reminder_due", ctx)
 
 
-async def send_payment_reminder(
+def send_payment_reminder(
     booking: Booking, client: Person, performer: Person, outstanding: Decimal
-) -> list[DeliveryRecord]:
+) -> Outgoing:
     """The client still owes `outstanding` before the event."""
     ctx = MessageContext(booking=booking, client=client, performer=performer, outstanding=outstanding)
-    return await notify("booking.payment_due", ctx)
+    return notify("booking.payment_due", ctx)
 
 
-async def notify_booking_cancelled(
+def notify_booking_cancelled(
     booking: Booking, client: Person, performer: Person, reason: str | None
-) -> list[DeliveryRecord]:
+) -> Outgoing:
     """Cancelled: every party hears it, with the reason."""
     ctx = MessageContext(booking=booking, client=client, performer=performer, reason=reason)
-    return await notify("booking.cancelled", ctx)
+    return notify("booking.cancelled", ctx)
 
 
-async def notify(kind: str, ctx: MessageContext) -> list[DeliveryRecord]:
-    """Send every WhatsApp route of `kind`, concurrently; returns the records made."""
-    scope = current_scope()
-    sends = []
-    for route in routes_for(kind, "whatsapp"):
-        target = scope.resolve(route, ctx)
-        if target is None:
-            continue
-        text = scope.render(route, ctx, target).text
-        variables = content_variables(ctx, target, text)
-        if route.role == "admin":
-            sends.append(send_admin_whatsapp(text, template=route.template, variables=variables))
-        else:
-            sends.append(
-                send_whatsapp(
-                    target.address, text, role=route.role, template=route.template, variables=variables
-                )
-            )
-    results = await asyncio.gather(*sends)
-    return [record for record in results if record is not None]
-
-
-def content_variables(ctx: MessageContext, target: Target, text: str) -> dict[str, str]:
-    """Variables for an approved Content template: {1: name, 2: reference, 3: when, 4: full text}."""
-    booking = ctx.booking
-    return {
-        "1": target.name or "there",
-        "2": booking.reference if booking else "",
-        "3": booking.starts if booking else "",
-        "4": text,
-    }
+def notify(kind: str, ctx: MessageContext) -> Outgoing:
+    """The WhatsApp messages of `kind`, composed; await the result to send them."""
+    return current_scope().compose(kind, ctx, "whatsapp")

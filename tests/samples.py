@@ -68,8 +68,8 @@ def otp(minutes: int = 10) -> OtpCode:
     )
 
 
-def event_data() -> EventData:
-    return EventData(booking(), client(), performer(), otp(), application(), frozenset())
+def event_data(**booking_values: object) -> EventData:
+    return EventData(booking(**booking_values), client(), performer(), otp(), application(), frozenset())
 
 
 def null_dispatcher() -> Dispatcher:

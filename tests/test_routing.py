@@ -19,7 +19,10 @@ PAYLOADS = {
     "booking.reminder_due": {"hours_until_event": 24},
     "booking.payment_due": {"outstanding": "600.00"},
     "vetting.decided": {"decision": "approved"},
+    "whatsapp.inbound": {"command": "decline"},
 }
+#: The booking's status when its event is handled (a reminder is only for a confirmed booking).
+STATUSES = {"booking.reminder_due": "deposit_verified", "booking.cancelled": "cancelled"}
 
 
 def test_every_routed_kind_has_a_sender_and_every_sender_a_route() -> None:
@@ -38,7 +41,7 @@ async def test_each_kind_sends_exactly_its_routes(kind: str) -> None:
     event = Event(1, kind, "s", PAYLOADS.get(kind, {}), 1, None, datetime.now(UTC))
     scope = DeliveryScope(null_dispatcher(), event.id)
     with delivering(scope):
-        await SENDERS[kind](event, event_data())
+        await SENDERS[kind](event, event_data(status=STATUSES.get(kind, "pending")))
     sent = sorted((r.recipient_role, r.channel, r.template) for r in scope.records)
     assert sent == sorted((r.role, r.channel, r.template) for r in ROUTES[kind])
     assert {r.status for r in scope.records} == {"simulated"}
