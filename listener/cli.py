@@ -7,23 +7,22 @@ check), 2 bad configuration or usage.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import sys
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 import psycopg
 import structlog
 
 from listener import admin
-from listener.bench.cli import bench
 from listener.db import resolve_database_url
 from listener.logs import configure_logging
 from listener.redaction import mask_text
 from listener.settings import Settings, load_settings
-from scheduler.cli import jobs
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +66,25 @@ pass_app = click.make_pass_decorator(AppContext, ensure=True)
 
 
 class WorkerCLI(click.Group):
-    """Database errors end any command with one readable line and exit code 1, not a traceback."""
+    """Database errors end any command with one readable line and exit code 1, not a traceback.
+
+    Commands in `LAZY_COMMANDS` are imported only when invoked, so the daemon's process does not
+    carry the benchmark's or the job runner's modules.
+    """
+
+    LAZY_COMMANDS: ClassVar[dict[str, str]] = {
+        "bench": "listener.bench.cli:bench",
+        "jobs": "scheduler.cli:jobs",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY_COMMANDS:
+            module, _, attr = self.LAZY_COMMANDS[cmd_name].partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -200,5 +217,3 @@ def check(app: AppContext) -> None:
     click.echo("ok: settings valid, database reachable, schema current, LISTEN/NOTIFY works")
 
 
-main.add_command(jobs)
-main.add_command(bench)

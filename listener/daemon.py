@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+from typing import TYPE_CHECKING
 
 import psycopg
 import structlog
@@ -17,12 +18,14 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 
 from handlers.router import NotificationRouter
 from listener.db import create_pool, redacted_target
-from listener.http import HttpServer, Surface, create_app
 from listener.migrate import migrate, pending_migrations
 from listener.settings import Settings
 from listener.stream import EventStream
 from listener.worker import Worker
 from scheduler.service import JobScheduler
+
+if TYPE_CHECKING:
+    from listener.http import HttpServer
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +91,9 @@ async def run_daemon(settings: Settings, conninfo: str) -> None:
         scheduler.start()
     http: HttpServer | None = None
     if settings.port:
+        # Imported only when asked for: a worker dyno without PORT does not carry the web stack.
+        from listener.http import HttpServer, Surface, create_app
+
         http = HttpServer(create_app(Surface(settings, pool, stream, scheduler)), settings.port)
     http_failed = False
     worker_task = asyncio.create_task(worker.run(), name="worker")
