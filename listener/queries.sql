@@ -31,14 +31,21 @@ WITH ledger AS (
     INSERT INTO worker.deliveries AS d
         (event_id, channel, recipient, recipient_role, template, status,
          provider_message_id, error_code, error_message, sent_at)
-    SELECT r.event_id, r.channel, r.recipient, r.recipient_role, r.template, r.status,
-           r.provider_message_id, r.error_code, r.error_message,
+    SELECT r.event_id, r.channel, r.recipient, r.recipient_role, r.template,
+           coalesce(cb.status, r.status),
+           r.provider_message_id, coalesce(r.error_code, cb.error_code),
+           coalesce(r.error_message, cb.error_message),
            CASE WHEN r.status IN ('sent', 'simulated') THEN now() END
     FROM unnest(%(d_event_ids)s::bigint[], %(d_channels)s::text[], %(d_recipients)s::text[],
                 %(d_roles)s::text[], %(d_templates)s::text[], %(d_statuses)s::text[],
                 %(d_message_ids)s::text[], %(d_error_codes)s::text[], %(d_error_messages)s::text[])
          AS r(event_id, channel, recipient, recipient_role, template, status,
               provider_message_id, error_code, error_message)
+    -- A provider status callback that beat this row (delivered, read, failed) is applied now;
+    -- the cleanup job prunes it later (worker.delivery_callbacks, sql/004).
+    LEFT JOIN worker.delivery_callbacks cb
+           ON r.status = 'sent' AND cb.provider_message_id = r.provider_message_id
+          AND cb.channel = r.channel
     -- A retried delivery keeps its row and counts the attempt.
     ON CONFLICT (event_id, channel, recipient) DO UPDATE
     SET status = EXCLUDED.status,

@@ -15,10 +15,21 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
+from listener.redaction import mask_text
+
 log = structlog.get_logger(__name__)
 
 #: One batch: run the statement on a connection and return its counts, e.g. {"deleted": 1000}.
 Batch = Callable[[psycopg.AsyncConnection[Any]], Awaitable[dict[str, int]]]
+
+
+def error_text(exc: BaseException) -> str:
+    """An error as summaries show it (job_runs, the cron endpoints' JSON): type and message, masked.
+
+    Database errors quote the offending row (`DETAIL: Key (email)=(...)`), and summaries leave
+    the process, so emails, phone numbers and URL passwords are masked as in the logs.
+    """
+    return mask_text(f"{type(exc).__name__}: {exc}".strip())
 
 
 async def repeat_in_batches(
@@ -42,6 +53,6 @@ async def repeat_in_batches(
             if counts[count_key] < batch_size:
                 break
     except Exception as exc:  # the seed's graceful degradation: report, let the other steps run
-        errors.append(f"{type(exc).__name__}: {exc}".strip())
+        errors.append(error_text(exc))
         log.error("job.step_failed", step=step, batches=batches, exc_info=True)
     return {**totals, "errors": errors, "batches": batches}

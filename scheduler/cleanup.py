@@ -78,17 +78,46 @@ async def cleanup_old_audit_logs(
 
 async def prune_worker_events(pool: AsyncConnectionPool, settings: Settings, now: datetime) -> dict[str, Any]:
     """Delete finished outbox events (and their delivery ledger) older than WORKER_RETENTION_DAYS."""
-    params = {
-        "cutoff": now - timedelta(days=settings.worker_retention_days),
-        "limit": settings.cleanup_batch_size,
-    }
+    cutoff = now - timedelta(days=settings.worker_retention_days)
+    return await _counted_in_batches(
+        pool, settings, "workerEvents", "prune_finished_events", {"cutoff": cutoff}, ("deleted", "deliveries")
+    )
+
+
+async def prune_delivery_callbacks(
+    pool: AsyncConnectionPool, settings: Settings, now: datetime
+) -> dict[str, Any]:
+    """Delete stored status callbacks once their ledger row has them, or past WORKER_RETENTION_DAYS.
+
+    A callback stored in the instant its ledger row was being written is applied here first.
+    """
+    cutoff = now - timedelta(days=settings.worker_retention_days)
+    return await _counted_in_batches(
+        pool,
+        settings,
+        "deliveryCallbacks",
+        "prune_delivery_callbacks",
+        {"cutoff": cutoff},
+        ("deleted", "applied"),
+    )
+
+
+async def _counted_in_batches(
+    pool: AsyncConnectionPool,
+    settings: Settings,
+    step: str,
+    query: str,
+    params: dict[str, Any],
+    columns: tuple[str, ...],
+) -> dict[str, Any]:
+    """Batches of a query answering one row of counts; the first column decides when to stop."""
+    bounded = {**params, "limit": settings.cleanup_batch_size}
 
     async def batch(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
-        row = await (await conn.execute(QUERIES["prune_finished_events"], params)).fetchone()
-        deleted, deliveries = row if row else (0, 0)
-        return {"deleted": deleted, "deliveries": deliveries}
+        row = await (await conn.execute(QUERIES[query], bounded)).fetchone()
+        return dict(zip(columns, row or (0,) * len(columns), strict=True))
 
-    return await repeat_in_batches(pool, "workerEvents", batch, settings.cleanup_batch_size, "deleted")
+    return await repeat_in_batches(pool, step, batch, settings.cleanup_batch_size, columns[0])
 
 
 async def _delete_in_batches(
@@ -106,11 +135,12 @@ async def _delete_in_batches(
 async def run_all_cleanup_jobs(
     pool: AsyncConnectionPool, settings: Settings, now: datetime
 ) -> dict[str, Any]:
-    """Every cleanup step in sequence; the seed's summary keys plus `workerEvents`."""
+    """Every cleanup step in sequence; the seed's summary keys plus `workerEvents` and `deliveryCallbacks`."""
     return {
         "staleBookings": await cleanup_stale_bookings(pool, settings, now),
         "notifications": await cleanup_old_notifications(pool, settings, now),
         "otps": await cleanup_expired_otps(pool, settings, now),
         "auditLogs": await cleanup_old_audit_logs(pool, settings, now),
         "workerEvents": await prune_worker_events(pool, settings, now),
+        "deliveryCallbacks": await prune_delivery_callbacks(pool, settings, now),
     }

@@ -70,6 +70,35 @@ WITH doomed AS (
 )
 SELECT (SELECT count(*) FROM gone_events) AS deleted, (SELECT count(*) FROM gone_deliveries) AS deliveries;
 
+-- name: prune_delivery_callbacks
+-- Apply stored status callbacks whose ledger row exists by now (written as 'sent' while the callback
+-- was being stored), then delete one batch of those and of callbacks received before %(cutoff)s.
+-- The table only holds callbacks that beat their ledger row, so it stays small.
+WITH doomed AS (
+    SELECT cb.provider_message_id, cb.channel, cb.status, cb.error_code, cb.error_message
+    FROM worker.delivery_callbacks cb
+    WHERE cb.received_at < %(cutoff)s
+       OR EXISTS (SELECT 1 FROM worker.deliveries d
+                  WHERE d.provider_message_id = cb.provider_message_id AND d.channel = cb.channel)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), applied AS (
+    UPDATE worker.deliveries d
+    SET status = doomed.status,
+        error_code = coalesce(doomed.error_code, d.error_code),
+        error_message = coalesce(doomed.error_message, d.error_message),
+        updated_at = now()
+    FROM doomed
+    WHERE d.provider_message_id = doomed.provider_message_id AND d.channel = doomed.channel
+      AND d.status = 'sent'
+    RETURNING d.id
+), gone AS (
+    DELETE FROM worker.delivery_callbacks cb USING doomed
+    WHERE cb.provider_message_id = doomed.provider_message_id
+    RETURNING cb.provider_message_id
+)
+SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM applied) AS applied;
+
 -- name: enqueue_booking_reminders
 -- Insert one batch of booking.reminder_due events for confirmed bookings starting in (now, until].
 WITH due AS (
@@ -124,6 +153,27 @@ INSERT INTO worker.job_runs (job, scheduled_for, trigger, worker_id)
 VALUES (%(job)s, coalesce(%(scheduled_for)s::timestamptz, clock_timestamp()), %(trigger)s, %(worker_id)s)
 ON CONFLICT (job, scheduled_for) DO NOTHING
 RETURNING id, scheduled_for;
+
+-- name: reclaim_tick
+-- Take over a tick whose run was interrupted: `failed`, or `running` for a worker that is gone.
+-- The attempts guard lets one of several concurrent reclaimers win (the others re-check the row
+-- after the winner commits and no longer match); a tick is tried at most %(max_attempts)s times.
+UPDATE worker.job_runs r
+SET status = 'running', trigger = %(trigger)s, worker_id = %(worker_id)s, attempts = r.attempts + 1,
+    started_at = now(), finished_at = NULL, summary = NULL
+FROM worker.job_runs previous
+WHERE previous.id = r.id
+  AND r.job = %(job)s AND r.scheduled_for = %(scheduled_for)s
+  AND r.attempts = previous.attempts AND r.attempts < %(max_attempts)s
+  AND (r.status = 'failed'
+       OR (r.status = 'running'
+           -- a fresh claim is left alone while its worker may not have sent a heartbeat yet
+           AND r.started_at < now() - make_interval(secs => %(stale_seconds)s)
+           AND NOT EXISTS (
+               SELECT 1 FROM worker.workers w
+               WHERE w.id = r.worker_id
+                 AND w.heartbeat_at > now() - make_interval(secs => %(stale_seconds)s))))
+RETURNING r.id, previous.status, previous.worker_id, r.attempts;
 
 -- name: finish_job_run
 -- Store a run's outcome and its JSON summary.

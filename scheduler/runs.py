@@ -3,7 +3,9 @@
 Two ways in:
 
 * `run_scheduled_tick` — a tick of the crontab. The INSERT into job_runs (unique per job and
-  scheduled instant) decides which of N workers runs it; the others skip.
+  scheduled instant) decides which of N workers runs it; the others skip. A tick whose run was
+  interrupted (row `failed`, or `running` for a worker whose heartbeat stopped) is taken over
+  by exactly one worker, at most MAX_TICK_ATTEMPTS times in all.
 * `run_job_now` — the CLI and the HTTP cron endpoints. Always runs, recorded with its own row.
 
 Both hold a session advisory lock per job while they run, so a manual run never overlaps a
@@ -24,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from listener.metrics import METRICS
 from listener.settings import Settings
+from scheduler.batches import error_text
 from scheduler.cleanup import run_all_cleanup_jobs
 from scheduler.queries import QUERIES
 from scheduler.reminders import run_all_reminder_jobs
@@ -39,6 +42,8 @@ JOBS: dict[JobName, JobRunner] = {"cleanup": run_all_cleanup_jobs, "reminders": 
 #: Advisory lock keys: a class unique to this app's job locks, and one id per job.
 JOB_LOCK_CLASS = 0x466C_6A62  # "Fljb"
 JOB_LOCK_IDS: dict[JobName, int] = {"cleanup": 1, "reminders": 2}
+#: How many times one tick may be claimed: its first run and two takeovers of an interrupted run.
+MAX_TICK_ATTEMPTS = 3
 
 
 def utc_now() -> datetime:
@@ -93,12 +98,16 @@ async def run_scheduled_tick(
     worker_id: str | None = None,
 ) -> dict[str, Any] | None:
     """Run the crontab tick `tick` of `job` unless a worker already has; None when skipped."""
-    run_id = await _claim_run(pool, job, tick, trigger, worker_id)
+    run_id = await _claim_tick(pool, settings, job, tick, trigger, worker_id)
     if run_id is None:
-        log.info("job.skipped", job=job, scheduled_for=tick.isoformat(), reason="tick already claimed")
-        METRICS.job_runs.labels(job, "skipped").inc()
+        if trigger == "catch_up":  # the periodic look finds the tick done nearly every time
+            log.debug("job.catch_up_not_needed", job=job, scheduled_for=tick.isoformat())
+        else:
+            log.info("job.skipped", job=job, scheduled_for=tick.isoformat(), reason="tick already claimed")
+            METRICS.job_runs.labels(job, "skipped").inc()
         return None
-    async with job_lock(pool, job):
+    # Waiting for the lock counts as running: interrupted there, the row says failed too.
+    async with _abort_recorded(pool, job, run_id), job_lock(pool, job):
         return await _execute(pool, settings, job, run_id, trigger, clock)
 
 
@@ -115,7 +124,8 @@ async def _run_locked(
         run_id = await _claim_run(pool, job, None, trigger, worker_id)
         if run_id is None:
             raise RuntimeError(f"job_runs already holds a {job} run at this instant")
-        return await _execute(pool, settings, job, run_id, trigger, clock)
+        async with _abort_recorded(pool, job, run_id):
+            return await _execute(pool, settings, job, run_id, trigger, clock)
 
 
 @contextlib.asynccontextmanager
@@ -123,13 +133,16 @@ async def job_lock(pool: AsyncConnectionPool, job: JobName) -> AsyncIterator[Non
     """Hold the job's advisory lock on a connection of its own for the duration of the block."""
     params = {"lock_class": JOB_LOCK_CLASS, "lock_id": JOB_LOCK_IDS[job]}
     async with pool.connection() as conn:
-        await conn.execute(QUERIES["lock_job"], params)
         try:
+            await conn.execute(QUERIES["lock_job"], params)
             yield
         finally:
-            # A broken connection has already dropped its session lock.
-            with contextlib.suppress(psycopg.OperationalError):
+            # Also when cancelled while waiting for the lock (unlocking what is not held is harmless).
+            try:
                 await conn.execute(QUERIES["unlock_job"], params)
+            except psycopg.Error:
+                # Unknown whether the session still holds the lock: end the session, which drops it.
+                await conn.close()
 
 
 async def _claim_run(
@@ -141,19 +154,62 @@ async def _claim_run(
     return row[0] if row else None
 
 
+async def _claim_tick(
+    pool: AsyncConnectionPool,
+    settings: Settings,
+    job: JobName,
+    tick: datetime,
+    trigger: str,
+    worker_id: str | None,
+) -> int | None:
+    """The tick's new run row, or an interrupted run's row taken over; None when another worker has it."""
+    run_id = await _claim_run(pool, job, tick, trigger, worker_id)
+    if run_id is not None:
+        return run_id
+    params = {
+        "job": job,
+        "scheduled_for": tick,
+        "trigger": trigger,
+        "worker_id": worker_id,
+        "max_attempts": MAX_TICK_ATTEMPTS,
+        "stale_seconds": settings.stale_after_seconds,
+    }
+    async with pool.connection() as conn:
+        row = await (await conn.execute(QUERIES["reclaim_tick"], params)).fetchone()
+    if row is None:
+        return None
+    run_id, previous_status, previous_worker, attempt = row
+    log.warning(
+        "job.tick_reclaimed",
+        job=job,
+        run_id=run_id,
+        scheduled_for=tick.isoformat(),
+        previous_status=previous_status,
+        previous_worker=previous_worker,
+        attempt=attempt,
+    )
+    return run_id
+
+
+@contextlib.asynccontextmanager
+async def _abort_recorded(pool: AsyncConnectionPool, job: JobName, run_id: int) -> AsyncIterator[None]:
+    """Mark the run failed when the block is interrupted (cancelled at shutdown, bookkeeping failed)."""
+    try:
+        yield
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await _finish(pool, run_id, "failed", {"success": False, "error": error_text(exc)})
+        METRICS.job_runs.labels(job, "failed").inc()
+        log.error("job.aborted", job=job, run_id=run_id, exc_info=True)
+        raise
+
+
 async def _execute(
     pool: AsyncConnectionPool, settings: Settings, job: JobName, run_id: int, trigger: str, clock: Clock
 ) -> dict[str, Any]:
     now = clock()
     log.info("job.started", job=job, run_id=run_id, trigger=trigger, now=now.isoformat())
-    try:
-        summary = await JOBS[job](pool, settings, now)
-    except BaseException as exc:  # cancelled at shutdown, or the bookkeeping itself failed
-        with contextlib.suppress(Exception):
-            await _finish(pool, run_id, "failed", {"success": False, "error": f"{type(exc).__name__}: {exc}"})
-        METRICS.job_runs.labels(job, "failed").inc()
-        log.error("job.aborted", job=job, run_id=run_id, exc_info=True)
-        raise
+    summary = await JOBS[job](pool, settings, now)
     result = {"success": summary_succeeded(summary), "timestamp": seed_timestamp(now), "summary": summary}
     outcome = "succeeded" if result["success"] else "failed"
     await _finish(pool, run_id, outcome, result)

@@ -173,6 +173,7 @@ async def test_run_job_now_cleanup_prints_the_seed_summary_and_records_the_run(
         "otps": (1, []),
         "auditLogs": (1, []),
         "workerEvents": (0, []),
+        "deliveryCallbacks": (0, []),
     }
     [run] = job_runs(db)
     assert (run["job"], run["trigger"], run["status"]) == ("cleanup", "manual", "succeeded")

@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from scheduler.runs import JOB_LOCK_CLASS, JOB_LOCK_IDS, run_job_now
-from scheduler.service import JobScheduler
+from scheduler.runs import JOB_LOCK_CLASS, JOB_LOCK_IDS, MAX_TICK_ATTEMPTS, run_job_now, run_scheduled_tick
+from scheduler.service import CATCH_UP_INTERVAL_SECONDS, JobScheduler
 from scheduler.ticks import LocalCronTrigger, crontab_day_of_week, fire_times, previous_fire_time
 from tests.appdata import add_booking, add_client, add_performer, events
 from tests.jobtools import NOW, fixed_clock, job_runs, job_settings, open_pool
@@ -24,6 +24,9 @@ from tests.processes import REPO
 from tests.waiting import async_wait_until, wait_until
 
 SYDNEY = ZoneInfo("Australia/Sydney")
+#: The cleanup tick NOW belongs to (daily at 02:00 UTC).
+CLEANUP_TICK = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
+CLEANUP_LOCK = (JOB_LOCK_CLASS, JOB_LOCK_IDS["cleanup"])
 
 
 def local_dates(times: list[datetime]) -> list[date]:
@@ -104,7 +107,8 @@ async def test_scheduler_wiring_policy_and_shutdown(db_url: str) -> None:
         try:
             assert scheduler.running is True
             jobs = scheduler.describe()
-            assert set(jobs) == {"cleanup", "reminders"}
+            assert set(jobs) == {"cleanup", "reminders", "catch_up"}
+            assert jobs["catch_up"]["schedule"] == f"interval[0:0{CATCH_UP_INTERVAL_SECONDS // 60}:00]"
             for job in jobs.values():
                 assert (job["misfire_grace_time"], job["coalesce"], job["max_instances"]) == (3600, True, 1)
             next_cleanup = jobs["cleanup"]["next_run_time"].astimezone(SYDNEY)
@@ -166,6 +170,149 @@ async def test_missed_ticks_are_caught_up_once_at_startup(db: psycopg.Connection
     ]
     status = db.execute("SELECT status FROM bookings WHERE id = %s", (stale,)).fetchone()[0]
     assert status == "cancelled"
+
+
+def add_tick_run(
+    db: psycopg.Connection, status: str, worker_id: str, *, started_ago: float = 0, attempts: int = 1
+) -> None:
+    """A job_runs row for today's cleanup tick, as an earlier (maybe interrupted) run left it."""
+    db.execute(
+        "INSERT INTO worker.job_runs (job, scheduled_for, trigger, status, worker_id, attempts, started_at)"
+        " VALUES ('cleanup', %s, 'schedule', %s, %s, %s, now() - make_interval(secs => %s))",
+        (CLEANUP_TICK, status, worker_id, attempts, started_ago),
+    )
+
+
+def add_worker(db: psycopg.Connection, worker_id: str, heartbeat_ago: float) -> None:
+    db.execute(
+        "INSERT INTO worker.workers (id, hostname, pid, heartbeat_at)"
+        " VALUES (%s, 'dyno', 1, now() - make_interval(secs => %s))",
+        (worker_id, heartbeat_ago),
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "owner", "started_ago", "attempts", "taken_over"),
+    [
+        pytest.param("failed", "gone", 0, 1, True, id="failed"),
+        pytest.param("running", "gone", 60, 1, True, id="running-worker-row-gone"),
+        pytest.param("running", "dead", 60, 1, True, id="running-heartbeat-stale"),
+        pytest.param("running", "alive", 60, 1, False, id="running-worker-alive"),
+        pytest.param("running", "gone", 0, 1, False, id="running-just-claimed"),
+        pytest.param("failed", "gone", 0, MAX_TICK_ATTEMPTS, False, id="failed-too-often"),
+        pytest.param("succeeded", "gone", 60, 1, False, id="succeeded"),
+    ],
+)
+async def test_an_interrupted_tick_is_taken_over(
+    db: psycopg.Connection,
+    db_url: str,
+    status: str,
+    owner: str,
+    started_ago: float,
+    attempts: int,
+    taken_over: bool,
+) -> None:
+    client, performer = add_client(db), add_performer(db)
+    stale = add_booking(db, client, performer, created_at=NOW - timedelta(days=2))
+    add_worker(db, "dead", heartbeat_ago=60)
+    add_worker(db, "alive", heartbeat_ago=0)
+    add_tick_run(db, status, owner, started_ago=started_ago, attempts=attempts)
+    settings = job_settings(db_url, stale_after_seconds=10)
+
+    async with open_pool(db_url) as pool:
+        result = await run_scheduled_tick(
+            pool, settings, "cleanup", CLEANUP_TICK, trigger="catch_up", clock=fixed_clock(), worker_id="new"
+        )
+
+    [run] = job_runs(db)
+    booking_status = db.execute("SELECT status FROM bookings WHERE id = %s", (stale,)).fetchone()[0]
+    if taken_over:
+        assert result is not None and result["success"] is True
+        assert (run["status"], run["trigger"], run["worker_id"]) == ("succeeded", "catch_up", "new")
+        assert run["summary"] == result
+        assert booking_status == "cancelled"
+    else:
+        assert result is None
+        assert (run["status"], run["worker_id"]) == (status, owner)
+        assert booking_status == "pending"
+    attempts_now = db.execute("SELECT attempts FROM worker.job_runs").fetchone()[0]
+    assert attempts_now == attempts + taken_over
+
+
+async def test_a_failed_tick_is_taken_over_by_exactly_one_of_many_workers(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    client, performer = add_client(db), add_performer(db)
+    stale = add_booking(db, client, performer, created_at=NOW - timedelta(days=2))
+    add_tick_run(db, "failed", "deployed-away")
+    settings = job_settings(db_url)
+    async with open_pool(db_url) as pool_a, open_pool(db_url) as pool_b:
+        a = JobScheduler(pool_a, settings, worker_id="worker-a", clock=fixed_clock())
+        b = JobScheduler(pool_b, settings, worker_id="worker-b", clock=fixed_clock())
+        await asyncio.gather(a.catch_up(), b.catch_up(), a.run_tick("cleanup"), b.run_tick("cleanup"))
+
+    cleanup = [r for r in job_runs(db) if r["job"] == "cleanup"]
+    assert [(r["status"], r["worker_id"] in {"worker-a", "worker-b"}) for r in cleanup] == [
+        ("succeeded", True)
+    ]
+    assert db.execute("SELECT attempts FROM worker.job_runs WHERE job = 'cleanup'").fetchone()[0] == 2
+    assert db.execute("SELECT count(*) FROM audit_logs WHERE entity_id = %s", (stale,)).fetchone()[0] == 1
+
+
+def lock_waiters(db: psycopg.Connection) -> int:
+    return db.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = %s"
+        " AND objid = %s",
+        CLEANUP_LOCK,
+    ).fetchone()[0]
+
+
+async def test_shutdown_stops_ticks_at_once_bounds_a_running_job_and_the_tick_is_rerun(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    client, performer = add_client(db), add_performer(db)
+    stale = add_booking(db, client, performer, created_at=NOW - timedelta(days=2))
+    settings = job_settings(db_url)
+    loop = asyncio.get_running_loop()
+    async with open_pool(db_url) as pool:
+        with psycopg.connect(db_url, autocommit=True) as holder:
+            # Stands for a cleanup that takes long: the start-up catch-up waits for the job's lock.
+            holder.execute("SELECT pg_advisory_lock(%s, %s)", CLEANUP_LOCK)
+            first = JobScheduler(pool, settings, worker_id="first", clock=fixed_clock())
+            first.start()
+
+            async def stuck() -> bool:
+                return lock_waiters(db) == 1
+
+            await async_wait_until(stuck, timeout=10, message="the catch-up cleanup waiting for its lock")
+            started = loop.time()
+            stopping = asyncio.create_task(first.shutdown(timeout=1.0))
+            # A tick firing once shutdown has begun (tasks start in creation order) must not start.
+            late = asyncio.create_task(first.run_tick("reminders"))
+            await asyncio.gather(stopping, late)
+            elapsed = loop.time() - started
+            assert first.running is False
+            assert lock_waiters(db) == 0
+            holder.execute("SELECT pg_advisory_unlock(%s, %s)", CLEANUP_LOCK)
+
+        assert elapsed < 1.5
+        [interrupted] = job_runs(db)
+        assert (interrupted["job"], interrupted["status"], interrupted["worker_id"]) == (
+            "cleanup",
+            "failed",
+            "first",
+        )
+        assert interrupted["summary"]["error"].startswith("CancelledError")
+        # The next worker to start (a deploy's new dyno) runs the interrupted tick.
+        second = JobScheduler(pool, settings, worker_id="second", clock=fixed_clock())
+        await second.catch_up()
+
+    runs = job_runs(db)
+    assert [(r["job"], r["status"], r["trigger"], r["worker_id"]) for r in runs] == [
+        ("cleanup", "succeeded", "catch_up", "second"),
+        ("reminders", "succeeded", "catch_up", "second"),
+    ]
+    assert db.execute("SELECT status FROM bookings WHERE id = %s", (stale,)).fetchone()[0] == "cancelled"
 
 
 async def test_manual_run_waits_for_the_job_lock(db: psycopg.Connection, db_url: str) -> None:
@@ -283,3 +430,42 @@ def test_daemon_catches_up_at_startup_and_delivers_what_the_jobs_wrote(
     assert runs == {("cleanup", "catch_up", "succeeded"), ("reminders", "catch_up", "succeeded")}
     assert worker.terminate() == 0
     assert worker.events_logged("scheduler.stopped")
+
+
+def test_a_tick_running_on_a_killed_worker_is_taken_over(
+    db: psycopg.Connection, db_url: str, spawn_worker
+) -> None:
+    client, performer = add_client(db), add_performer(db)
+    stale = add_booking(db, client, performer, created_at=datetime.now(UTC) - timedelta(days=2))
+    with psycopg.connect(db_url, autocommit=True) as holder:
+        # The daemon's start-up cleanup claims today's tick, then waits here: it is "running".
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", CLEANUP_LOCK)
+        crashed = spawn_worker(db_url, SCHEDULER_ENABLED="true")
+        wait_until(lambda: lock_waiters(db) == 1, timeout=30, message="the daemon's cleanup running")
+        crashed.kill()
+        # Its orphaned backend takes the lock next, fails to answer the dead client, and exits.
+        holder.execute("SELECT pg_advisory_unlock(%s, %s)", CLEANUP_LOCK)
+    [orphan] = [r for r in job_runs(db) if r["job"] == "cleanup"]
+    assert orphan["status"] == "running"
+
+    async def survivor_takes_over() -> None:
+        settings = job_settings(db_url, stale_after_seconds=1)
+        async with open_pool(db_url) as pool:
+            survivor = JobScheduler(pool, settings, worker_id="survivor")
+
+            async def cleaned() -> bool:
+                await survivor.run_tick("cleanup", trigger="catch_up")
+                return any(r["job"] == "cleanup" and r["status"] == "succeeded" for r in job_runs(db))
+
+            # Once the killed worker's heartbeat is older than STALE_AFTER_SECONDS.
+            await async_wait_until(cleaned, timeout=15, interval=0.2, message="the orphaned tick taken over")
+
+    asyncio.run(survivor_takes_over())
+    [run] = [r for r in job_runs(db) if r["job"] == "cleanup"]
+    assert (run["scheduled_for"], run["worker_id"], run["trigger"]) == (
+        orphan["scheduled_for"],
+        "survivor",
+        "catch_up",
+    )
+    assert db.execute("SELECT status FROM bookings WHERE id = %s", (stale,)).fetchone()[0] == "cancelled"
+    assert db.execute("SELECT count(*) FROM audit_logs WHERE entity_id = %s", (stale,)).fetchone()[0] == 1

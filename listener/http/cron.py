@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from listener.http.surface import Surface
+from scheduler.batches import error_text
 from scheduler.runs import run_job_now
 
 log = structlog.get_logger(__name__)
@@ -39,9 +40,9 @@ def _cron_endpoint(job: str):  # type: ignore[no-untyped-def]
         log.info("http.cron_run", job=job)
         try:
             summary = await run_job_now(surface.pool, surface.settings, job, trigger="http")
-        except Exception as exc:  # the seed's route answers 500 with the error, never a bare crash
+        except Exception as exc:  # the seed's route answers 500 with the error (masked), never a bare crash
             log.error("http.cron_failed", job=job, exc_info=True)
-            return JSONResponse({"success": False, "error": f"{type(exc).__name__}: {exc}"}, status_code=500)
+            return JSONResponse({"success": False, "error": error_text(exc)}, status_code=500)
         # A job with failed steps still reports its summary, with 500 so cron monitors notice.
         return JSONResponse(summary, status_code=200 if summary["success"] else 500)
 

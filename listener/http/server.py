@@ -13,8 +13,11 @@ from starlette.types import ASGIApp
 
 log = structlog.get_logger(__name__)
 
-#: In-flight requests (a cron run, a webhook) get this long to finish at shutdown.
-GRACEFUL_SHUTDOWN_SECONDS = 5
+#: In-flight requests (a cron run, a webhook) get this long to finish at shutdown; then uvicorn
+#: cancels them (a cancelled cron run records its job_runs row as failed).
+GRACEFUL_SHUTDOWN_SECONDS = 1.5
+#: `stop()` returns by then even if uvicorn does not (the daemon has Heroku's 30 s for everything).
+STOP_TIMEOUT_SECONDS = 2.0
 
 
 class _DaemonOwnedSignals(uvicorn.Server):
@@ -64,13 +67,24 @@ class HttpServer:
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http")
         log.info("http.started", port=self.port)
 
-    async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish (bounded), release the port."""
+    async def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        """Stop accepting at once, give in-flight requests GRACEFUL_SHUTDOWN_SECONDS, release the port.
+
+        Returns within about `timeout` seconds: past it, the server task is cancelled (0.5 s more at most).
+        """
         if self._task is None:
             return
+        # Close the listening socket now rather than on uvicorn's next 0.1 s tick.
+        for server in getattr(self._server, "servers", []):  # absent until uvicorn has started
+            server.close()
         self._server.should_exit = True
         try:
-            await self._task
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            self._server.force_exit = True
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=0.5)
+            log.warning("http.stop_timed_out", timeout=timeout)
         finally:
             if self._socket is not None:
                 self._socket.close()

@@ -7,6 +7,10 @@ platform's router the URL the app sees is not the public one Twilio signed.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import psycopg
 import structlog
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -18,9 +22,11 @@ from twilio.twiml.messaging_response import MessagingResponse
 from handlers.inbound import apply_inbound_message
 from listener.http.surface import Surface
 from listener.metrics import METRICS
-from listener.queries import QUERIES
+from listener.queries import QUERIES, load_queries
 
 log = structlog.get_logger(__name__)
+
+HTTP_QUERIES = load_queries(Path(__file__).with_name("queries.sql"))
 
 #: Twilio message statuses the ledger records; the intermediate ones (queued, sending, sent) add nothing.
 RECORDED_STATUSES = frozenset({"delivered", "read", "failed", "undelivered"})
@@ -89,9 +95,15 @@ async def message_status(request: Request) -> Response:
         "error_code": str(form["ErrorCode"]) if failed and form.get("ErrorCode") else None,
         "error_message": str(form["ErrorMessage"]) if failed and form.get("ErrorMessage") else None,
     }
+    stored = False
     async with surface.pool.connection() as conn:
-        cur = await conn.execute(QUERIES["record_delivery_status"], params)
-        updated = await cur.fetchall()
+        updated = await _record_status(conn, params)
+        if not updated:
+            # Twilio can be faster than our ledger, which is written when the whole event finishes:
+            # keep the callback for `complete_events`, then look again in case the row just landed.
+            cur = await conn.execute(HTTP_QUERIES["store_delivery_callback"], params)
+            stored = await cur.fetchone() is not None
+            updated = await _record_status(conn, params)
     for delivery_id, event_id in updated:
         METRICS.deliveries.labels(channel="whatsapp", status=status).inc()
         log.info(
@@ -102,8 +114,19 @@ async def message_status(request: Request) -> Response:
             error_code=params["error_code"],
         )
     if not updated:
-        log.info("delivery.status_unmatched", message_sid=message_id, status=status)
+        # Stored: applied when the ledger row is written. Else: older than what the row says.
+        log.info(
+            "delivery.status_stored" if stored else "delivery.status_stale",
+            message_sid=message_id,
+            status=status,
+        )
     return Response(status_code=204)
+
+
+async def _record_status(conn: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Apply a status callback to its ledger row; the (delivery id, event id) rows it updated."""
+    cur = await conn.execute(QUERIES["record_delivery_status"], params)
+    return await cur.fetchall()
 
 
 def webhook_routes() -> list[Route]:
