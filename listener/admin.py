@@ -29,13 +29,11 @@ def show_event(conninfo: str, event_id: int) -> dict[str, Any] | None:
 def retry_events(conninfo: str, event_id: int | None) -> list[int]:
     """Requeue one finished event, or every failed one; returns the requeued ids.
 
-    The ledger is kept, so a requeued event only sends what was not sent before.
+    The ledger is kept for what went out, so a requeued event only sends what was not sent
+    (its failed deliveries are tried again).
     """
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        if event_id is None:
-            rows = conn.execute(QUERIES["retry_failed_events"]).fetchall()
-        else:
-            rows = conn.execute(QUERIES["retry_event"], {"id": event_id}).fetchall()
+        rows = conn.execute(QUERIES["retry_events"], {"id": event_id}).fetchall()
         if rows:
             conn.execute("SELECT pg_notify('worker_events', 'retry')")
     return [row[0] for row in rows]

@@ -130,20 +130,22 @@ SELECT channel, recipient_role, recipient, template, status, provider_message_id
        error_code, error_message, attempts, sent_at, updated_at
 FROM worker.deliveries WHERE event_id = %(id)s ORDER BY id;
 
--- name: retry_event
--- Put one finished (failed, expired or done) event back in the queue, now.
-UPDATE worker.events
-SET status = 'pending', run_at = now(), attempts = 0, locked_by = NULL, locked_at = NULL,
-    finished_at = NULL, updated_at = now()
-WHERE id = %(id)s AND status IN ('failed', 'expired', 'done')
-RETURNING id;
-
--- name: retry_failed_events
--- Put every failed event back in the queue, now.
-UPDATE worker.events
-SET status = 'pending', run_at = now(), attempts = 0, finished_at = NULL, updated_at = now()
-WHERE status = 'failed'
-RETURNING id;
+-- name: retry_events
+-- Requeue one finished event (failed, expired or done), or, with a null id, every failed one. Their
+-- failed deliveries are forgotten so they are tried again; what was sent stays sent.
+WITH requeued AS (
+    UPDATE worker.events
+    SET status = 'pending', run_at = now(), attempts = 0, locked_by = NULL,
+        finished_at = NULL, updated_at = now()
+    WHERE CASE WHEN %(id)s::bigint IS NULL THEN status = 'failed'
+               ELSE id = %(id)s::bigint AND status IN ('failed', 'expired', 'done') END
+    RETURNING id
+), forgotten AS (
+    DELETE FROM worker.deliveries d
+    USING requeued r
+    WHERE d.event_id = r.id AND d.status = 'failed'
+)
+SELECT id FROM requeued ORDER BY id;
 
 -- name: queue_stats
 -- Due pending depth, and the age of the oldest event a worker could claim right now (events waiting

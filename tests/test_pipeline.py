@@ -21,6 +21,7 @@ from handlers.contract import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from listener import admin
 from listener.db import create_pool
 from listener.settings import Settings
 from listener.stream import EventStream
@@ -262,3 +263,23 @@ async def test_dead_workers_claims_are_freed_and_a_crash_looping_event_fails(
     assert by_subject["b2"]["status"] == "failed"
     assert "worker stopped during each of 3 attempts" in by_subject["b2"]["last_error"]
     assert [e.subject_id for e in handler.handled] == ["b1"]
+
+
+def test_manual_retry_forgets_failed_deliveries_and_keeps_sent_ones(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    db.execute(
+        "INSERT INTO worker.events (kind, subject_id, status, attempts, last_error, finished_at) VALUES "
+        "('booking.created', 'b1', 'failed', 1, 'invalid number', now()),"
+        "('booking.created', 'b2', 'done', 1, NULL, now())"
+    )
+    db.execute(
+        "INSERT INTO worker.deliveries (event_id, channel, recipient, status) VALUES "
+        "(1, 'whatsapp', '+61400000002', 'failed'), (1, 'email', 'ann@example.com', 'sent')"
+    )
+    assert admin.retry_events(db_url, None) == [1]
+    assert admin.retry_events(db_url, 2) == [2]
+    assert admin.retry_events(db_url, 2) == []  # already pending
+    assert status_counts(db) == {"pending": 2}
+    ledger = db.execute("SELECT event_id, channel, status FROM worker.deliveries ORDER BY id").fetchall()
+    assert ledger == [(1, "email", "sent")]
