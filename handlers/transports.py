@@ -183,9 +183,17 @@ class _PooledResendClient(AsyncHTTPClient):
         files: dict[str, Any] | None = None,
         data: dict[str, str] | None = None,
     ) -> tuple[bytes, int, Mapping[str, str]]:
-        # Connection errors propagate: the SDK reports them as a 500, which retries.
-        async with self._open().request(method, url, headers=dict(headers), json=json, data=data) as response:
-            return await response.read(), response.status, response.headers
+        # Connection errors propagate: the SDK reports them as a 500, which retries. A timeout is
+        # named as one (the SDK would call it "HttpClientError").
+        try:
+            async with self._open().request(
+                method, url, headers=dict(headers), json=json, data=data
+            ) as response:
+                return await response.read(), response.status, response.headers
+        except TimeoutError:
+            raise resend.exceptions.ResendError(
+                code=504, error_type="timeout", message="timed out", suggested_action="retry"
+            ) from None
 
     async def aclose(self) -> None:
         if self.session is not None:
@@ -256,9 +264,8 @@ def _resend_error(exc: resend.exceptions.ResendError) -> Exception:
         status = 500
     code = str(exc.error_type or status)
     if status == 429 or status >= 500:
-        return TransientDeliveryError(
-            f"resend: {code}", code=code, retry_after=retry_after_seconds(exc.headers)
-        )
+        message = "resend: timed out" if code == "timeout" else f"resend: {code}"
+        return TransientDeliveryError(message, code=code, retry_after=retry_after_seconds(exc.headers))
     return PermanentDeliveryError(f"resend: {exc.message}", code=code)
 
 

@@ -305,3 +305,160 @@ async def test_vetting_decision_emails_the_applicant_with_notes(
 
 async def _async(value):
     return value
+
+
+def silent_party(db: psycopg.Connection, **booking_values) -> tuple[str, str, str]:
+    """A party whose writes make no events (as a backfill would): the test queues its own."""
+    with db.transaction():
+        db.execute("SET LOCAL flavor_worker.silence = 'on'")
+        return add_party(db, **booking_values)
+
+
+def queue_event(db: psycopg.Connection, kind: str, booking: str, **payload) -> None:
+    """An event as the scheduler writes it."""
+    db.execute(
+        "INSERT INTO worker.events (kind, subject_id, payload, dedup_key) VALUES (%s, %s, %s, %s)",
+        (kind, booking, json.dumps({"booking_id": booking, **payload}), f"{kind}:{booking}"),
+    )
+    db.execute("NOTIFY worker_events")
+
+
+async def test_a_failing_in_app_write_retries_without_resending_what_went_out(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    booking, client, performer = silent_party(db, status="accepted")
+    db.execute("ALTER TABLE notifications RENAME TO notifications_elsewhere")  # a deploy gone wrong
+    queue_event(db, "booking.reminder_due", booking, hours_until_event=24)
+    async with running_router(provider_settings(db_url, fake)):
+        await async_wait_until(
+            lambda: _async(events(db)[0]["attempts"] >= 2 and events(db)[0]["status"] == "pending"),
+            message="the reminder retried while its in-app rows cannot be written",
+        )
+        assert "UndefinedTable" in events(db)[0]["last_error"]
+        sent_early = {(r["channel"], r["recipient_role"]) for r in ledger(db)}
+        assert sent_early == {(c, role) for c in ("whatsapp", "email") for role in ("client", "performer")}
+        db.execute("ALTER TABLE notifications_elsewhere RENAME TO notifications")
+        assert await wait_finished(db, 1) == {"done": 1}
+    # Every WhatsApp and email went out exactly once, however often the event was retried.
+    assert sorted(r.body["To"] for r in fake.received("twilio")) == [CLIENT, PERFORMER]
+    assert len(fake.received("resend")) == 2
+    rows = ledger(db)
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"sent"}
+    assert db.execute("SELECT recipient_id::text FROM notifications ORDER BY recipient_type").fetchall() == [
+        (client,),
+        (performer,),
+    ]
+
+
+async def test_a_row_the_notifications_table_refuses_fails_only_that_delivery(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    booking, _, _ = silent_party(db, status="deposit_verified")
+    db.execute("ALTER TABLE notifications ADD CONSTRAINT short_titles CHECK (length(title) < 5)")
+    queue_event(db, "booking.reminder_due", booking, hours_until_event=24)
+    async with running_router(provider_settings(db_url, fake)):
+        assert await wait_finished(db, 1) == {"done": 1}
+    rows = {(r["channel"], r["recipient_role"]): r for r in ledger(db)}
+    assert {rows[("in_app", role)]["status"] for role in ("client", "performer")} == {"failed"}
+    assert rows[("in_app", "client")]["error_code"] == "23514"  # check_violation
+    assert len(fake.received("twilio")) == 2 and len(fake.received("resend")) == 2
+
+
+@pytest.mark.parametrize("status", ["cancelled", "pending", "completed"])
+async def test_a_reminder_for_a_booking_no_longer_confirmed_is_skipped(
+    db: psycopg.Connection, db_url: str, fake, status: str
+) -> None:
+    booking, _, _ = silent_party(db, status=status)
+    queue_event(db, "booking.reminder_due", booking, hours_until_event=24)
+    async with running_router(provider_settings(db_url, fake)):
+        assert await wait_finished(db, 1) == {"done": 1}
+    assert fake.requests == []
+    assert db.execute("SELECT count(*) FROM notifications").fetchone() == (0,)
+    rows = ledger(db)
+    assert len(rows) == 6
+    assert {(r["status"], r["error_code"]) for r in rows} == {("skipped", "no_longer_due")}
+
+
+async def test_a_payment_reminder_states_the_balance_at_send_time(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    paid_up, _, _ = silent_party(db, status="accepted", amount_paid=800)
+    partly, _, _ = silent_party(db, status="accepted", amount_paid=500)
+    cancelled, _, _ = silent_party(db, status="cancelled", amount_paid=200)
+    for booking in (paid_up, partly, cancelled):  # all queued when $600.00 was still owed
+        queue_event(db, "booking.payment_due", booking, outstanding="600.00")
+    async with running_router(provider_settings(db_url, fake)):
+        assert await wait_finished(db, 3) == {"done": 3}
+    texts = [r.body["Body"] for r in fake.received("twilio")] + [
+        r.body["subject"] for r in fake.received("resend")
+    ]
+    assert len(texts) == 2 and all("$300.00 AUD" in t for t in texts)
+    assert not any("$600.00" in t for t in texts)
+    [note] = db.execute("SELECT booking_id::text, message FROM notifications").fetchall()
+    assert note[0] == partly and "$300.00 AUD" in note[1]
+    skipped = {r["event_id"]: r for r in ledger(db) if r["status"] == "skipped"}
+    assert len(skipped) == 2 and {r["error_code"] for r in skipped.values()} == {"no_longer_due"}
+
+
+async def test_twilio_429_retries_no_sooner_than_retry_after(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    add_party(db)
+    fake.queue("twilio", Reply(429, retry_after=2))
+    async with running_router(provider_settings(db_url, fake)):
+        [throttled] = await async_wait_until(
+            lambda: _async([r for r in fake.received("twilio", ok_only=False) if r.status == 429]),
+            message="the throttled request",
+        )
+        assert throttled.response["code"] == 20429
+        [(run_at, last_error)] = await async_wait_until(
+            lambda: _async(
+                db.execute(
+                    "SELECT extract(epoch FROM run_at), last_error FROM worker.events"
+                    " WHERE status = 'pending' AND last_error IS NOT NULL"
+                ).fetchall()
+            ),
+            message="the event scheduled for a retry",
+        )
+        assert float(run_at) >= throttled.time + 2 and "429" in last_error
+        assert await wait_finished(db, 1) == {"done": 1}
+    to = throttled.body["To"]
+    [retried] = [r for r in fake.received("twilio") if r.body["To"] == to]
+    assert retried.time >= throttled.time + 2
+    # The other messages were not sent again by the retry.
+    assert sorted(r.body["To"] for r in fake.received("twilio")) == sorted([ADMIN, CLIENT, PERFORMER])
+    assert len(fake.received("resend")) == 1
+
+
+async def test_a_stalled_provider_times_out_and_the_retry_delivers_once(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    add_party(db)
+    fake.queue("resend", Reply(200, delay=3))  # slower than PROVIDER_TIMEOUT_SECONDS
+    async with running_router(provider_settings(db_url, fake, provider_timeout_seconds=0.5)):
+        assert await wait_finished(db, 1) == {"done": 1}
+    [event] = events(db)
+    assert event["attempts"] == 2 and "timed out" in event["last_error"]
+    attempts = fake.received("resend", ok_only=False)  # the stalled one is answered after we left
+    assert len({r.headers["Idempotency-Key"] for r in attempts}) == 1  # the provider can drop it
+    rows = ledger(db)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"sent"}
+    [email_row] = [r for r in rows if r["channel"] == "email"]
+    assert email_row["provider_message_id"] == attempts[-1].response["id"]
+    assert sorted(r.body["To"] for r in fake.received("twilio")) == sorted([ADMIN, CLIENT, PERFORMER])
+
+
+async def test_resend_validation_error_fails_that_email_and_the_rest_go_out(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    add_party(db)
+    fake.reject("resend", CLIENT_EMAIL, Reply(422))
+    async with running_router(provider_settings(db_url, fake)):
+        assert await wait_finished(db, 1) == {"done": 1}
+    rows = {(r["channel"], r["recipient_role"]): r for r in ledger(db)}
+    assert (rows[("email", "client")]["status"], rows[("email", "client")]["error_code"]) == (
+        "failed",
+        "validation_error",
+    )
+    assert [rows[("whatsapp", role)]["status"] for role in ("admin", "client", "performer")] == ["sent"] * 3
+    assert len(fake.received("twilio")) == 3 and len(fake.received("resend", ok_only=False)) == 1

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from handlers.contract import Event
-from handlers.delivery import DeliveryScope, delivering
+from handlers.contract import Event, TransientDeliveryError
+from handlers.delivery import DeliveryScope, Dispatcher, Message, Sent, delivering
 from handlers.rendering import TEMPLATE_DIR
-from handlers.router import SENDERS
+from handlers.router import SENDERS, handle_event
 from handlers.routing import ROUTES, routes_for, routing_table_markdown
+from handlers.transports import NullTransport
 from tests.samples import event_data, null_dispatcher
 
 PAYLOADS = {
@@ -62,3 +65,62 @@ def test_routes_for_keeps_table_order() -> None:
 def test_readme_documents_the_routing_table() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert routing_table_markdown() in readme
+
+
+class SlowProvider:
+    """Answers after a moment, like any network provider."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, message: Message) -> Sent:
+        await asyncio.sleep(0.05)
+        self.sent.append(message.recipient)
+        return Sent("sent", f"id-{len(self.sent)}")
+
+    async def close(self) -> None:
+        return None
+
+
+class BrokenInbox:
+    """An in-app store failing in a way no transport maps to a delivery error (a bug)."""
+
+    name = "broken"
+
+    async def send(self, message: Message) -> Sent:
+        raise RuntimeError("unexpected failure")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_an_unexpected_error_keeps_what_went_out_and_the_retry_sends_only_the_rest() -> None:
+    provider = SlowProvider()
+    settings = null_dispatcher().settings
+    broken = Dispatcher(settings, {"whatsapp": provider, "email": provider, "in_app": BrokenInbox()})
+    event = Event(5, "booking.reminder_due", "s", {"hours_until_event": 24}, 1, None, datetime.now(UTC))
+    data = event_data(status="accepted")
+
+    outcome = await handle_event(broken, event, data)
+
+    assert isinstance(outcome.error, TransientDeliveryError) and outcome.error.code == "unexpected"
+    # The sibling sends were not abandoned mid-flight: all finished and are recorded.
+    assert sorted((r.channel, r.recipient_role) for r in outcome.deliveries) == [
+        ("email", "client"),
+        ("email", "performer"),
+        ("whatsapp", "client"),
+        ("whatsapp", "performer"),
+    ]
+    assert len(provider.sent) == 4 and {r.status for r in outcome.deliveries} == {"sent"}
+
+    ledger = frozenset(f"{r.channel} {r.recipient}" for r in outcome.deliveries)
+    fixed = Dispatcher(settings, {"whatsapp": provider, "email": provider, "in_app": NullTransport()})
+    retry = await handle_event(fixed, replace(event, attempts=2), replace(data, ledger=ledger))
+    assert retry.error is None
+    assert sorted((r.channel, r.recipient_role) for r in retry.deliveries) == [
+        ("in_app", "client"),
+        ("in_app", "performer"),
+    ]
+    assert len(provider.sent) == 4  # nothing sent twice

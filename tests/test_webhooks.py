@@ -16,6 +16,7 @@ from twilio.request_validator import RequestValidator
 from listener.fake_providers import FakeProviders
 from tests.appdata import add_booking, add_client, add_performer, events
 from tests.httpapp import BASE_URL, LiveSurface, live_surface
+from tests.notifyharness import provider_settings, running_router, wait_finished
 from tests.waiting import wait_until
 
 TOKEN = "twilio-auth-token-for-tests"
@@ -218,6 +219,19 @@ async def test_decline_records_the_refusal_and_alerts_the_admin(
     assert event["subject_id"] == booking["id"]
     assert event["payload"]["command"] == "decline"
     assert event["payload"]["reference"] == booking["reference"]
+    # The router turns that event into the admin's WhatsApp, through the fake Twilio.
+    with FakeProviders() as fake:
+        async with running_router(provider_settings(db_url, fake, admin_whatsapp=ADMIN)):
+            await wait_finished(db, len(events(db)))
+    # (The fixture's bookings made booking.created events too: their messages went out as well.)
+    [alerted] = [r for r in fake.received("twilio") if "declined" in r.body["Body"]]
+    assert alerted.body["To"] == f"whatsapp:{ADMIN}"
+    assert f"DJ Nova declined booking {booking['reference']}" in alerted.body["Body"]
+    [row] = db.execute(
+        "SELECT d.recipient, d.template, d.status FROM worker.deliveries d"
+        " JOIN worker.events e ON e.id = d.event_id WHERE e.kind = 'whatsapp.inbound'"
+    ).fetchall()
+    assert row == (ADMIN, "booking_declined_admin", "sent")
 
 
 async def test_status_and_help_answer_without_writing(
