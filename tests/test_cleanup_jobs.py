@@ -13,6 +13,7 @@ from scheduler.cleanup import (
     cleanup_old_audit_logs,
     cleanup_old_notifications,
     cleanup_stale_bookings,
+    prune_delivery_callbacks,
     prune_worker_events,
     stale_booking_reason,
 )
@@ -138,6 +139,46 @@ async def test_finished_worker_events_pruned_with_their_deliveries(
     assert remaining == {recent_done, pending}
     assert [r[0] for r in db.execute("SELECT event_id FROM worker.deliveries")] == [recent_done]
     assert old_failed not in remaining
+
+
+async def test_stored_status_callbacks_are_applied_then_pruned(db: psycopg.Connection, db_url: str) -> None:
+    event_id = db.execute(
+        "INSERT INTO worker.events (kind, status) VALUES ('booking.accepted', 'done') RETURNING id"
+    ).fetchone()[0]
+    # Ledger rows written as 'sent' in the instant their callback was being stored, and one already read.
+    for recipient, message_id, status in (
+        ("+61400000002", "SMlate", "sent"),
+        ("+61400000003", "SMread", "read"),
+    ):
+        db.execute(
+            "INSERT INTO worker.deliveries (event_id, channel, recipient, status, provider_message_id)"
+            " VALUES (%s, 'whatsapp', %s, %s, %s)",
+            (event_id, recipient, status, message_id),
+        )
+
+    def store(message_id: str, status: str, age: timedelta, error_code: str | None = None) -> None:
+        db.execute(
+            "INSERT INTO worker.delivery_callbacks"
+            " (provider_message_id, channel, status, error_code, received_at)"
+            " VALUES (%s, 'whatsapp', %s, %s, %s)",
+            (message_id, status, error_code, NOW - age),
+        )
+
+    store("SMlate", "undelivered", timedelta(minutes=5), error_code="63016")
+    store("SMread", "delivered", timedelta(minutes=5))  # older news than the ledger row: never undoes read
+    store("SMother-app", "delivered", timedelta(days=15))  # never ours: gone after the retention period
+    store("SMsoon", "delivered", timedelta(minutes=5))  # its ledger row is still to come
+
+    async with open_pool(db_url) as pool:
+        result = await prune_delivery_callbacks(pool, job_settings(db_url), NOW)
+
+    assert (result["deleted"], result["applied"], result["errors"]) == (3, 1, [])
+    ledger = dict(
+        db.execute("SELECT provider_message_id, (status, error_code) FROM worker.deliveries").fetchall()
+    )
+    assert ledger == {"SMlate": ("undelivered", "63016"), "SMread": ("read", None)}
+    remaining = db.execute("SELECT provider_message_id FROM worker.delivery_callbacks").fetchall()
+    assert remaining == [("SMsoon",)]
 
 
 async def test_deletes_proceed_in_bounded_batches(db: psycopg.Connection, db_url: str) -> None:

@@ -6,11 +6,17 @@ import asyncio
 import tomllib
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import conninfo_to_dict
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from handlers.logging_handler import LoggingHandler
+from listener.http import HttpServer
 from listener.http.probes import probe_routes
 from listener.settings import Settings
 from listener.worker import Worker
@@ -99,6 +105,27 @@ async def test_events_scheduled_for_later_do_not_make_the_worker_unhealthy(
         response = await live.client.get("/healthz")
     assert response.status_code == 200
     assert response.json()["pending"] == 0
+
+
+async def test_an_event_waiting_behind_its_subjects_retry_does_not_make_the_worker_unhealthy(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    now = datetime.now(UTC)
+    # booking b1's first event failed once and waits in backoff; its next event is due but must wait.
+    db.execute(
+        "INSERT INTO worker.events (kind, subject_id, attempts, run_at, created_at)"
+        " VALUES ('booking.created', 'b1', 1, %s, %s), ('booking.approved', 'b1', 0, %s, %s)",
+        (
+            now + timedelta(minutes=5),
+            now - timedelta(hours=1),
+            now - timedelta(minutes=50),
+            now - timedelta(minutes=50),
+        ),
+    )
+    async with live_surface(db_url, health_max_pending_age_seconds=300) as live:
+        response = await live.client.get("/healthz")
+    assert response.status_code == 200, response.json()
+    assert response.json()["oldest_pending_seconds"] == 0
 
 
 def _health_status(live: LiveSurface, status: int):  # type: ignore[no-untyped-def]
@@ -234,6 +261,103 @@ async def test_cron_reminders_answers_the_seeds_json(db_url: str) -> None:
     assert {"bookingReminders", "paymentReminders"} <= set(body["summary"])
     for part in ("bookingReminders", "paymentReminders"):
         assert (body["summary"][part]["sent"], body["summary"][part]["errors"]) == (0, [])
+
+
+async def test_cron_errors_are_masked_in_the_answer_and_the_job_run(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    client, performer = add_client(db), add_performer(db)
+    add_booking(db, client, performer, created_at=datetime.now(UTC) - timedelta(hours=30))
+    # An app-side trigger that fails the cancellation with a real unique violation quoting an email.
+    db.execute(
+        """
+        CREATE TABLE cancellation_notices (email text UNIQUE);
+        INSERT INTO cancellation_notices VALUES ('ann@example.com');
+        CREATE FUNCTION note_cancellation() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO cancellation_notices SELECT email FROM clients WHERE id = NEW.client_id;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER note_cancellation AFTER UPDATE OF status ON bookings
+            FOR EACH ROW WHEN (NEW.status = 'cancelled') EXECUTE FUNCTION note_cancellation();
+        """
+    )
+    async with live_surface(db_url, cron_secret=CRON_SECRET) as live:
+        response = await live.client.get(
+            "/api/cron/cleanup", headers={"Authorization": f"Bearer {CRON_SECRET}"}
+        )
+    assert response.status_code == 500
+    [error] = response.json()["summary"]["staleBookings"]["errors"]
+    assert error.startswith("UniqueViolation: duplicate key value")
+    assert "Key (email)=(a***@example.com)" in error
+    assert "ann@example.com" not in response.text
+    stored = db.execute("SELECT summary::text FROM worker.job_runs").fetchone()[0]
+    assert "a***@example.com" in stored and "ann@example.com" not in stored
+
+
+async def test_a_cron_run_that_cannot_start_answers_500_with_a_masked_error(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    # An operator froze the job runs table with a message naming themselves.
+    db.execute(
+        """
+        CREATE FUNCTION freeze_job_runs() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'job runs frozen' USING DETAIL = 'ask ops.lead@example.com or +61 400 000 123';
+        END $$;
+        CREATE TRIGGER freeze_job_runs BEFORE INSERT ON worker.job_runs
+            FOR EACH ROW EXECUTE FUNCTION freeze_job_runs();
+        """
+    )
+    async with live_surface(db_url, cron_secret=CRON_SECRET) as live:
+        response = await live.client.get(
+            "/api/cron/reminders", headers={"Authorization": f"Bearer {CRON_SECRET}"}
+        )
+    assert response.status_code == 500
+    body = response.json()
+    assert body["success"] is False
+    assert body["error"].startswith("RaiseException: job runs frozen")
+    assert "o***@example.com" in body["error"]
+    assert "ops.lead" not in response.text and "400 000 123" not in response.text
+
+
+# --- the server's shutdown ---------------------------------------------------------------
+
+
+async def test_http_server_stops_accepting_at_once_and_returns_within_two_seconds() -> None:
+    arrived = asyncio.Event()
+
+    async def never_answers(request: Request) -> Response:
+        arrived.set()
+        await asyncio.Event().wait()
+        return Response()
+
+    server = HttpServer(Starlette(routes=[Route("/slow", never_answers)]), 0, host="127.0.0.1")
+    await server.start()
+    port = server.port
+    loop = asyncio.get_running_loop()
+
+    async def refused() -> bool:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return True
+        writer.close()
+        return False
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        in_flight = asyncio.create_task(client.get("/slow"))
+        await asyncio.wait_for(arrived.wait(), 10)
+        started = loop.time()
+        stopping = asyncio.create_task(server.stop())
+        await async_wait_until(refused, timeout=0.5, message="new connections refused")
+        assert not stopping.done()  # the in-flight request still has its grace period
+        await stopping
+        elapsed = loop.time() - started
+        # Past the grace period uvicorn cancels the request; the client gets a 500, not a hang.
+        assert (await in_flight).status_code == 500
+    assert elapsed < 2.5
+    assert await refused()
 
 
 # --- fly.toml ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from listener.fake_providers import FakeProviders
 from tests.appdata import add_booking, add_client, add_performer, events
 from tests.httpapp import BASE_URL, LiveSurface, live_surface
 from tests.notifyharness import provider_settings, running_router, wait_finished
-from tests.waiting import wait_until
+from tests.waiting import async_wait_until, wait_until
 
 TOKEN = "twilio-auth-token-for-tests"
 CRON_SECRET = "a-long-random-cron-secret-of-40-characters"
@@ -308,6 +308,47 @@ async def test_status_callbacks_update_the_ledger(db: psycopg.Connection, db_url
     assert ledger(db, "SMfailed") == ("failed", "63016")
     assert ledger(db, "SMundelivered") == ("undelivered", "30008")
     assert db.execute("SELECT count(*) FROM worker.deliveries").fetchone() == (3,)
+    # Only the callback without a ledger row waits for one; the late "delivered" was simply stale.
+    assert stored_callbacks(db) == [("SMunknown", "delivered")]
+
+
+def stored_callbacks(db: psycopg.Connection) -> list[tuple[str, str]]:
+    return db.execute(
+        "SELECT provider_message_id, status FROM worker.delivery_callbacks ORDER BY 1"
+    ).fetchall()
+
+
+async def test_a_status_callback_that_beats_its_ledger_row_is_applied_when_the_row_is_written(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    client, performer = add_client(db), add_performer(db)
+    with FakeProviders() as fake:
+        # booking.created: WhatsApp to admin, client and performer, and an email to the client. The
+        # ledger is written when the event finishes, which the slow email holds back.
+        fake.set_latency(1.5, "resend")
+        settings = provider_settings(db_url, fake, provider_timeout_seconds=10)
+        async with live_surface(db_url, twilio_auth_token=TOKEN) as live, running_router(settings):
+            add_booking(db, client, performer)
+
+            async def whatsapp_sent() -> dict[str, str] | None:
+                sent = {r.body["To"]: r.response["sid"] for r in fake.received("twilio")}
+                return sent if len(sent) == 3 else None
+
+            sids = await async_wait_until(whatsapp_sent, timeout=10, message="three WhatsApp messages")
+            for params in (
+                callback(sids[CLIENT], "read"),
+                callback(sids[CLIENT], "delivered"),  # out of order: read stays
+                callback(sids[PERFORMER], "delivered"),
+            ):
+                assert (await post_signed(live, STATUS, params)).status_code == 204
+            # The callbacks did come first.
+            assert db.execute("SELECT count(*) FROM worker.deliveries").fetchone() == (0,)
+            assert await wait_finished(db, 1) == {"done": 1}
+
+    [admin_sid] = set(sids.values()) - {sids[CLIENT], sids[PERFORMER]}
+    assert ledger(db, sids[CLIENT]) == ("read", None)
+    assert ledger(db, sids[PERFORMER]) == ("delivered", None)
+    assert ledger(db, admin_sid) == ("sent", None)
 
 
 async def test_unsigned_status_callback_changes_nothing(db: psycopg.Connection, db_url: str) -> None:
