@@ -17,6 +17,7 @@ import psycopg
 from listener.db import create_pool, resolve_database_url
 from listener.logs import configure_logging
 from listener.settings import Settings, load_settings
+from scheduler.batches import error_text
 from scheduler.runs import run_job_now
 
 
@@ -34,7 +35,7 @@ def run_job(job: Literal["cleanup", "reminders", "all"]) -> None:
     try:
         result = asyncio.run(_run_once(settings, resolve_database_url(settings), job))
     except psycopg.Error as exc:
-        click.echo(f"jobs run {job} failed: {exc}", err=True)
+        click.echo(f"jobs run {job} failed: {error_text(exc)}", err=True)
         raise SystemExit(1) from None
     click.echo(json.dumps(result, indent=2))
     if not result["success"]:
