@@ -5,10 +5,12 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from handlers.delivery import install_dispatcher
 from handlers.email import get_booking_confirmation_email, get_otp_email, get_vetting_approval_email
-from handlers.rendering import Templates, aud
+from handlers.models import MessageContext
+from handlers.rendering import TEMPLATE_DIR, Templates, aud
 from tests.samples import application, booking, client, null_dispatcher, performer
 
 
@@ -56,3 +58,48 @@ def test_vetting_email_says_the_decision_with_notes(approved: bool) -> None:
     email = get_vetting_approval_email(application(), approved, "Bring <ID> next time")
     assert ("approved" in email.subject) is approved
     assert "Bring &lt;ID&gt; next time" in email.html and "Bring <ID> next time" in email.text
+
+
+MESSAGE_TEMPLATES = sorted(
+    str(path.relative_to(TEMPLATE_DIR)) for path in TEMPLATE_DIR.rglob("*.*") if not path.name.startswith("_")
+)
+
+
+@pytest.mark.parametrize("path", MESSAGE_TEMPLATES)
+@pytest.mark.parametrize(("role", "approved"), [("client", True), ("performer", False), ("admin", True)])
+def test_inlined_templates_render_exactly_as_jinja_would(path: str, role: str, approved: bool) -> None:
+    """Layouts and includes are inlined at load time (speed); the words must not change."""
+
+    def plain(autoescape: bool) -> Environment:
+        env = Environment(
+            loader=FileSystemLoader(TEMPLATE_DIR),
+            autoescape=autoescape,
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        env.filters["aud"] = aud
+        return env
+
+    ctx = MessageContext(
+        booking=booking(venue="<b>Hall</b>"),
+        client=client(),
+        performer=performer(),
+        reason="Storm & rain",
+        hours_until_event=24,
+        outstanding=Decimal("600"),
+        otp_code="482913",
+        expiry_minutes=10,
+        application=application(),
+        approved=approved,
+        notes="Bring <ID>",
+    )
+    values = {
+        **ctx.template_vars(),
+        "role": role,
+        "name": "Ann",
+        "recipient": None,
+        "app_url": "https://x.example",
+    }
+    expected = plain(path.endswith(".html")).get_template(path).render(values)
+    assert Templates("https://x.example")._render(path, values) == expected
