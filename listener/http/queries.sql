@@ -15,3 +15,15 @@ SET status = EXCLUDED.status,
     received_at = now()
 WHERE NOT (cb.status = 'read' AND EXCLUDED.status = 'delivered')
 RETURNING provider_message_id;
+
+-- name: record_delivery_status
+-- A provider's status callback for one message: delivered, read, failed or undelivered (read is never undone).
+UPDATE worker.deliveries
+SET status = %(status)s::text,
+    error_code = coalesce(%(error_code)s::text, error_code),
+    error_message = coalesce(%(error_message)s::text, error_message),
+    updated_at = now()
+WHERE provider_message_id = %(message_id)s::text
+  AND channel = %(channel)s::text
+  AND NOT (status = 'read' AND %(status)s::text = 'delivered')
+RETURNING id, event_id;

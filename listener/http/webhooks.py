@@ -22,7 +22,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 from handlers.inbound import apply_inbound_message
 from listener.http.surface import Surface
 from listener.metrics import METRICS
-from listener.queries import QUERIES, load_queries
+from listener.queries import load_queries
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +125,7 @@ async def message_status(request: Request) -> Response:
 
 async def _record_status(conn: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> list[tuple[Any, ...]]:
     """Apply a status callback to its ledger row; the (delivery id, event id) rows it updated."""
-    cur = await conn.execute(QUERIES["record_delivery_status"], params)
+    cur = await conn.execute(HTTP_QUERIES["record_delivery_status"], params)
     return await cur.fetchall()
 
 
