@@ -95,6 +95,7 @@ class Templates:
             auto_reload=False,
         )
         env.filters["aud"] = aud
+        env.globals.clear()  # unused (renders share only their own values) and copied per render
         return env
 
     def _template(self, path: str) -> Template:

@@ -12,6 +12,7 @@ Roles: `admin` (ADMIN_WHATSAPP / ADMIN_EMAIL, never opt-out-able), `client` and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 Channel = Literal["whatsapp", "email", "in_app"]
@@ -79,8 +80,9 @@ ROUTES: dict[str, tuple[Route, ...]] = {
 }
 
 
+@lru_cache(maxsize=128)
 def routes_for(kind: str, channel: Channel) -> tuple[Route, ...]:
-    """The routes of one event kind on one channel, in table order."""
+    """The routes of one event kind on one channel, in table order (the table is constant)."""
     return tuple(route for route in ROUTES.get(kind, ()) if route.channel == channel)
 
 
