@@ -23,6 +23,7 @@ TEMPLATE_DIR = Path(__file__).with_name("templates")
 
 _EXTENDS = re.compile(r'\A\s*\{%\s*extends\s+"([^"]+)"\s*%\}')
 _BLOCK = re.compile(r"\{%\s*block\s+(\w+)\s*%\}(.*?)\{%\s*endblock\s*%\}", re.DOTALL)
+_SELF_BLOCK = re.compile(r"\{\{\s*self\.(\w+)\(\)\s*\}\}")
 #: With trim_blocks, the newline after a tag is not output: it goes with the tag.
 _INCLUDE = re.compile(r'\{%\s*include\s+"([^"]+)"\s*%\}\n?')
 
@@ -60,9 +61,11 @@ class InliningLoader(FileSystemLoader):
         if extends:
             blocks = dict(_BLOCK.findall(source))
             layout = self._raw(environment, extends.group(1))
-            source = _BLOCK.sub(
-                lambda m: f"{{% block {m[1]} %}}{blocks.get(m[1], m[2])}{{% endblock %}}", layout
-            )
+            blocks |= {name: blocks.get(name, default) for name, default in _BLOCK.findall(layout)}
+            source = _BLOCK.sub(lambda m: f"{{% block {m[1]} %}}{blocks[m[1]]}{{% endblock %}}", layout)
+            # `{{ self.title() }}` renders the block again through a reference object: the costliest
+            # line of an email. Its body in place says the same (the newline after a tag is trimmed).
+            source = _SELF_BLOCK.sub(lambda m: blocks[m[1]].removeprefix("\n"), source)
             return self._inline(environment, source)
         # An included file's last newline is not output (Jinja drops a template's trailing newline).
         return _INCLUDE.sub(
