@@ -90,7 +90,7 @@ class Outgoing:
     """Messages composed (addressed and rendered) in one scope, not yet sent.
 
     The seed's notify/send functions return one: awaiting it sends its messages concurrently
-    and gives their ledger records (None-free). `together()` joins the parts of one event.
+    and gives their ledger records. `together()` joins the parts of one event.
     """
 
     __slots__ = ("messages", "scope")
