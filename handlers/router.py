@@ -146,7 +146,8 @@ async def handle_event(dispatcher: Dispatcher, event: Event, data: EventData) ->
             return Outcome(deliveries=scope.records, error=exc)
         except Exception as exc:  # a bug or an unmapped failure: keep what went out, retry the rest
             log.exception("event.delivery_crashed", event_id=event.id, kind=event.kind)
-            error = TransientDeliveryError(f"{type(exc).__name__}: {exc}", code="unexpected")
+            first_line = next(iter(str(exc).splitlines()), "")  # a DETAIL line may quote personal data
+            error = TransientDeliveryError(f"{type(exc).__name__}: {first_line}", code="unexpected")
             return Outcome(deliveries=scope.records, error=error)
     return Outcome(deliveries=scope.records, error=scope.transient)
 
