@@ -65,7 +65,8 @@ def create_pool(conninfo: str, max_size: int) -> AsyncConnectionPool:
         min_size=2,
         max_size=max(2, max_size),
         kwargs={"autocommit": True},
-        check=AsyncConnectionPool.check_connection,
+        # No per-checkout ping (a round trip on every query): a connection broken by a server
+        # restart fails its statement once, the caller retries, and the pool replaces it.
         open=False,
         name="flavor-worker",
     )

@@ -84,6 +84,13 @@ class Worker:
         self._completions: list[Completion] = []
         self._flush_needed = asyncio.Event()
         self._closing = False
+        #: Handler runs at once; claimed events beyond it wait their turn in this process.
+        self._running = asyncio.Semaphore(settings.worker_concurrency)
+        #: Claimed-but-unfinished events at most: the running ones plus one batch ready to go,
+        #: so the next batch's claim round trip overlaps the current batch's work.
+        self._max_claimed = settings.worker_concurrency + settings.claim_batch_size
+        #: Free room worth a claim while events are in flight (idle: any room is).
+        self._refill_at = max(1, min(settings.claim_batch_size, self._max_claimed // 2))
         self._flushing: set[int] = set()  # ids being written right now (neither buffered nor done)
         self._log = log.bind(worker_id=self.worker_id)
 
@@ -125,8 +132,10 @@ class Worker:
                 await asyncio.wait_for(self.wake.wait(), self.settings.poll_interval_seconds)
             self.wake.clear()
             while not self._stopping.is_set():
-                free = self.settings.worker_concurrency - len(self._inflight)
-                if free <= 0:
+                free = self._max_claimed - len(self._inflight)
+                if free <= 0 or (self._inflight and free < self._refill_at):
+                    # Under load, wait for a good share of the slots: one claim of many
+                    # events costs one round trip and one commit, like a claim of one.
                     break  # a flush frees slots and wakes us
                 try:
                     claimed = await self._claim(min(free, self.settings.claim_batch_size))
@@ -170,15 +179,17 @@ class Worker:
             self._inflight[event.id] = (event, task)
 
     async def _handle(self, event: Event, context: Any) -> None:
-        bound = self._log.bind(event_id=event.id, kind=event.kind, subject_id=event.subject_id)
-        bound.debug("event.claimed", attempt=event.attempts)
-        try:
-            outcome = await self.handler.handle(event, context)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a handler bug must not kill the daemon; retry it later
-            bound.exception("event.handler_crashed")
-            outcome = Outcome(error=TransientDeliveryError(f"{type(exc).__name__}: {exc}"))
+        async with self._running:
+            if self._stopping.is_set():  # claimed but never started: give it back untouched
+                self._complete(event, Outcome(), status="released")
+                return
+            try:
+                outcome = await self.handler.handle(event, context)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a handler bug must not kill the daemon; retry it later
+                log.exception("event.handler_crashed", event_id=event.id, kind=event.kind)
+                outcome = Outcome(error=TransientDeliveryError(f"{type(exc).__name__}: {exc}"))
         self._complete(event, outcome)
 
     # ------------------------------------------------------------------ outcomes
@@ -186,7 +197,10 @@ class Worker:
         """Turn a handler's outcome into the event's next state, then queue it for the flusher."""
         bound = self._log.bind(event_id=event.id, kind=event.kind, subject_id=event.subject_id)
         error = outcome.error
-        if status == "expired":
+        if status == "released":
+            completion = Completion(event, "pending", released=True)
+            bound.info("event.unstarted_released")
+        elif status == "expired":
             completion = Completion(event, "expired", error="expired before delivery")
             bound.info("event.expired")
             METRICS.events_expired.labels(kind=event.kind).inc()

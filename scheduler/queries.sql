@@ -119,7 +119,7 @@ SELECT 'booking.reminder_due', due.id::text,
            ceil(extract(epoch FROM due.event_start - %(now)s::timestamptz) / 3600)::int),
        'booking.reminder_due:' || due.id::text, due.event_start
 FROM due
-ON CONFLICT (dedup_key) DO NOTHING
+ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
 RETURNING subject_id AS booking_id;
 
 -- name: enqueue_payment_reminders
@@ -140,7 +140,7 @@ SELECT 'booking.payment_due', due.id::text,
        jsonb_build_object('booking_id', due.id, 'outstanding', due.outstanding::text),
        'booking.payment_due:' || due.id::text, due.event_start
 FROM due
-ON CONFLICT (dedup_key) DO NOTHING
+ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
 RETURNING subject_id AS booking_id;
 
 -- name: notify_worker_events
