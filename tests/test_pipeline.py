@@ -283,3 +283,18 @@ def test_manual_retry_forgets_failed_deliveries_and_keeps_sent_ones(
     assert status_counts(db) == {"pending": 2}
     ledger = db.execute("SELECT event_id, channel, status FROM worker.deliveries ORDER BY id").fetchall()
     assert ledger == [(1, "email", "sent")]
+
+
+async def test_stop_finishes_running_events_and_returns_unstarted_claims(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    seed_bookings(db, 12)
+    handler = ScriptedHandler(delay=0.3)
+    async with Running(db_url, handler, worker_concurrency=1, claim_batch_size=10) as running:
+        await async_wait_until(lambda: _running(handler), timeout=10)
+        claimed = running.worker.inflight
+    assert claimed == 10  # one batch: one event running, nine waiting their turn
+    counts = status_counts(db)
+    assert counts == {"done": len(handler.handled), "pending": 12 - len(handler.handled)}
+    assert 1 <= len(handler.handled) <= 2
+    assert {e["attempts"] for e in events(db) if e["status"] == "pending"} == {0}
