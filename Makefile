@@ -7,6 +7,10 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: run test lint bench clean
 
+# The benchmark runs from an install like a dyno's: the runtime dependencies only.
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -22,8 +26,18 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -q
 
+$(BENCH_STAMP): pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e .
+	touch $(BENCH_STAMP)
+
+## Measure the whole path from committed row to provider request (BENCH_ARGS=--quick, --json).
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/flavor-worker bench $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .data .pytest_cache .ruff_cache

@@ -20,7 +20,7 @@ from listener.embedded import start_embedded_server
 from listener.logs import configure_logging
 from listener.settings import load_settings
 
-SCENARIOS = ("drain", "latency", "slow", "writers")
+SCENARIOS = ("drain", "latency", "slow", "memory", "writers")
 
 
 def machine_info(conninfo: str) -> dict[str, Any]:
@@ -66,6 +66,7 @@ def bench(quick: bool, as_json: bool, only: tuple[str, ...]) -> None:
                 ("latency", "latency_sdk", lambda: scenarios.latency_sdk(bench_run, provider)),
                 ("slow", "slow_provider",
                  lambda: scenarios.slow_provider(bench_run, provider, settings.worker_concurrency)),
+                ("memory", "memory", lambda: scenarios.memory(bench_run, provider)),
                 ("writers", "writers_max_rate", lambda: scenarios.writers_at_max_rate(bench_run)),
             ]
             for group, name, run in plan:
@@ -114,8 +115,8 @@ def _target_for(figures: dict[str, Any], key: str) -> str:
         "messages_per_s": ("target_messages_per_s", ">="),
         "p99_ms": ("target_p99_ms", "<="),
     }
-    if leaf == "idle_rss_mb":
-        return "<= 70"
+    if leaf.startswith("idle_rss") and "target_idle_rss_mb" in scope:
+        return f"<= {scope['target_idle_rss_mb']}"
     if leaf in candidates and candidates[leaf][0] in scope:
         target_key, sign = candidates[leaf]
         return f"{sign} {scope[target_key]}"

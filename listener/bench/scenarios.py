@@ -191,8 +191,7 @@ def latency_null(bench: Bench) -> dict[str, Any]:
     with bench.database() as db:
         with psycopg.connect(db, autocommit=True) as conn:
             parties = seed_parties(conn)
-        with bench.worker(db, {"MESSAGE_TRANSPORT": "null"}) as worker:
-            idle_rss = worker.rss_mb()
+        with bench.worker(db, {"MESSAGE_TRANSPORT": "null"}):
             sizes = bench.sizes
             run = produce_bookings(db, parties, bench.run_id, sizes.steady_rate, sizes.steady_seconds)
             _wait_finished(db, len(run.committed), timeout=120)
@@ -210,7 +209,6 @@ def latency_null(bench: Bench) -> dict[str, Any]:
         "seconds": bench.sizes.steady_seconds,
         **_percentiles(samples),
         "writer_behind_schedule": run.behind_schedule,
-        "idle_rss_mb": round(idle_rss, 1),
         "target_p99_ms": 10,
     }
 
@@ -275,6 +273,21 @@ def slow_provider(bench: Bench, provider: FakeProviderProcess, concurrency: int)
         "messages_per_s": round(messages / seconds, 1),
         "target_messages_per_s": round(0.8 * concurrency / 0.15, 1),
     }
+
+
+def memory(bench: Bench, provider: FakeProviderProcess) -> dict[str, Any]:
+    """Resident memory of an idle worker, one quiet second after start-up: as a dyno runs it
+    (scheduler on, Twilio and Resend SDKs loaded), and with console/null transports only."""
+    figures: dict[str, Any] = {}
+    with bench.database() as db:
+        for name, env in (
+            ("idle_rss_sdk_mb", {**provider.worker_env(), "SCHEDULER_ENABLED": "true"}),
+            ("idle_rss_null_mb", {"MESSAGE_TRANSPORT": "null", "SCHEDULER_ENABLED": "true"}),
+        ):
+            with bench.worker(db, env) as worker:
+                time.sleep(1.0)
+                figures[name] = round(worker.rss_mb(), 1)
+    return {**figures, "target_idle_rss_mb": 70}
 
 
 def writers_at_max_rate(bench: Bench) -> dict[str, Any]:

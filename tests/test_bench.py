@@ -1,0 +1,42 @@
+"""The benchmark command works end to end (a smoke run: the figures are not asserted here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.processes import REPO
+
+
+def test_bench_quick_runs_every_scenario_and_prints_one_json_object(pg_admin: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "RESEND_", "DATABASE_URL"))}
+    env["BENCH_DATABASE_URL"] = pg_admin
+    result = subprocess.run(
+        [sys.executable, "-m", "listener", "bench", "--quick", "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout)
+    assert figures["quick"] is True
+    assert figures["drain_null"]["events"] == 1000 and figures["drain_null"]["events_per_s"] > 0
+    assert figures["drain_sdk"]["messages"] == 4 * figures["drain_sdk"]["events"]
+    assert figures["latency_null"]["count"] > 0
+    assert figures["latency_sdk"]["bookings"]["count"] > 0
+    assert figures["latency_sdk"]["otp_email"]["count"] > 0
+    assert figures["slow_provider"]["messages_per_s"] > 0
+    assert figures["memory"]["idle_rss_sdk_mb"] > figures["memory"]["idle_rss_null_mb"] > 0
+    assert figures["writers_max_rate"]["events"] > 0
+
+
+def test_bench_table_names_the_machine(pg_admin: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "RESEND_", "DATABASE_URL"))}
+    env["BENCH_DATABASE_URL"] = pg_admin
+    result = subprocess.run(
+        [sys.executable, "-m", "listener", "bench", "--quick", "--only", "drain"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("machine: ")
+    assert "drain_null" in result.stdout and "events_per_s" in result.stdout
