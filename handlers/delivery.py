@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 from collections.abc import Generator, Iterator
 from contextvars import ContextVar
@@ -147,6 +148,24 @@ def current_scope() -> DeliveryScope:
     if not _default:
         raise RuntimeError("no dispatcher installed: build the router (handlers.router) first")
     return DeliveryScope(_default[0])
+
+
+def current_templates() -> Templates:
+    """The templates in use: the dispatcher's, or (with no router built, e.g. a script calling
+    a `get_*_email` builder) ones made from the settings, so the builders need no daemon."""
+    scope = _scope.get()
+    if scope is not None:
+        return scope.dispatcher.templates
+    if _default:
+        return _default[0].templates
+    return _standalone_templates()
+
+
+@functools.cache
+def _standalone_templates() -> Templates:
+    from listener.settings import load_settings
+
+    return Templates(load_settings().next_public_app_url)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import re
 from decimal import Decimal
 
 from handlers.contract import DeliveryRecord, PermanentDeliveryError
-from handlers.delivery import Message, Outgoing, current_scope
+from handlers.delivery import Message, Outgoing, current_scope, current_templates
 from handlers.models import Application, Booking, MessageContext, Person
 from handlers.rendering import Rendered
 from handlers.routing import Route
@@ -85,8 +85,7 @@ def get_vetting_approval_email(application: Application, approved: bool, notes: 
 
 
 def render_email(template: str, ctx: MessageContext, *, role: str, name: str = "") -> Rendered:
-    templates = current_scope().dispatcher.templates
-    return templates.render(
+    return current_templates().render(
         "email", template, ctx.template_vars(), role=role, name=name or "there", recipient=None
     )
 

@@ -103,3 +103,25 @@ def test_inlined_templates_render_exactly_as_jinja_would(path: str, role: str, a
     }
     expected = plain(path.endswith(".html")).get_template(path).render(values)
     assert Templates("https://x.example")._render(path, values) == expected
+
+
+def test_builders_work_in_a_plain_script_without_a_router() -> None:
+    """The seed's get_*_email builders are usable on their own (no daemon, no router)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from handlers.email import get_otp_email\n"
+        "r = get_otp_email('493817', 10)\n"
+        "print(r.subject); print('493817' in r.html and '493817' in r.text)\n"
+        "print('https://app.example.test' in r.html)\n"
+    )
+    env = {**os.environ, "NEXT_PUBLIC_APP_URL": "https://app.example.test"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    subject, has_code, has_link = result.stdout.strip().splitlines()
+    assert "verification code" in subject.lower()
+    assert (has_code, has_link) == ("True", "True")
