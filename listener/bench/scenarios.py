@@ -147,16 +147,25 @@ def _percentiles(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
-def drain_null(bench: Bench) -> dict[str, Any]:
-    """A backlog of booking.created events, then one worker with the null transport."""
-    n = bench.sizes.drain_events
+def _drain(bench: Bench, n: int, env: dict[str, str]) -> tuple[float, float]:
+    """Write `n` bookings while no worker runs, then start one and wait until all are handled.
+
+    Returns the drain window in seconds (first claim to last completion) and the worker's RSS
+    after the drain.
+    """
     with bench.database() as db:
         with psycopg.connect(db, autocommit=True) as conn:
             insert_bookings(conn, seed_parties(conn), bench.run_id, n)
-        with bench.worker(db, {"MESSAGE_TRANSPORT": "null"}) as worker:
+        with bench.worker(db, env) as worker:
             _wait_finished(db, n, timeout=600)
             rss_after = worker.rss_mb()
-        seconds = _drain_window(db)
+        return _drain_window(db), rss_after
+
+
+def drain_null(bench: Bench) -> dict[str, Any]:
+    """A backlog of booking.created events, then one worker with the null transport."""
+    n = bench.sizes.drain_events
+    seconds, rss_after = _drain(bench, n, {"MESSAGE_TRANSPORT": "null"})
     return {
         "events": n,
         "seconds": round(seconds, 3),
@@ -170,12 +179,7 @@ def drain_sdk(bench: Bench, provider: FakeProviderProcess) -> dict[str, Any]:
     """The same backlog through the real twilio/resend SDKs to the local fake provider."""
     n = bench.sizes.sdk_drain_events
     provider.reset(latency_ms=0)
-    with bench.database() as db:
-        with psycopg.connect(db, autocommit=True) as conn:
-            insert_bookings(conn, seed_parties(conn), bench.run_id, n)
-        with bench.worker(db, {**provider.worker_env(), **UNTHROTTLED}):
-            _wait_finished(db, n, timeout=600)
-        seconds = _drain_window(db)
+    seconds, _ = _drain(bench, n, {**provider.worker_env(), **UNTHROTTLED})
     messages = len(provider.arrivals())
     return {
         "events": n,
@@ -257,12 +261,7 @@ def slow_provider(bench: Bench, provider: FakeProviderProcess, concurrency: int)
     """Every provider request answered after 150 ms: messages/s at the default concurrency."""
     n = bench.sizes.slow_events
     provider.reset(latency_ms=150)
-    with bench.database() as db:
-        with psycopg.connect(db, autocommit=True) as conn:
-            insert_bookings(conn, seed_parties(conn), bench.run_id, n)
-        with bench.worker(db, {**provider.worker_env(), **UNTHROTTLED}):
-            _wait_finished(db, n, timeout=600)
-        seconds = _drain_window(db)
+    seconds, _ = _drain(bench, n, {**provider.worker_env(), **UNTHROTTLED})
     messages = len(provider.arrivals())
     provider.reset(latency_ms=0)
     return {
