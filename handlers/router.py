@@ -101,8 +101,8 @@ class NotificationRouter:
         install_dispatcher(self.dispatcher)
         log.info(
             "router.ready",
-            whatsapp=transports["whatsapp"].name,
-            email=transports["email"].name,
+            whatsapp_transport=transports["whatsapp"].name,
+            email_transport=transports["email"].name,
         )
 
     async def prepare(self, events: Sequence[Event]) -> dict[int, EventData]:

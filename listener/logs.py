@@ -48,7 +48,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", stream: TextIO | N
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Chatty libraries: keep their warnings, drop their per-request info lines.
-    for noisy in ("twilio.http_client", "httpx", "httpcore", "apscheduler", "uvicorn.access"):
+    for noisy in ("twilio.http_client", "httpx", "httpcore", "apscheduler", "uvicorn.access", "pgserver"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
     structlog.configure(
