@@ -12,6 +12,7 @@ import json
 import sys
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, ClassVar
 
 import click
@@ -117,19 +118,33 @@ def run(app: AppContext) -> None:
 
 @main.command()
 @click.option("--exit-when-done", is_flag=True, help="Stop once the demo's events are handled.")
+@click.option(
+    "--database-url",
+    help="Run against this database instead of the embedded one: it is migrated (with the "
+    "reference schema), sample rows are written to it, and its pending events are handled "
+    "with console transports, so never point it at a real platform's database.",
+)
 @pass_app
-def demo(app: AppContext, exit_when_done: bool) -> None:
-    """Run the daemon with console transports and walk a sample booking through its statuses."""
+def demo(app: AppContext, exit_when_done: bool, database_url: str | None) -> None:
+    """Run the daemon with console transports and walk a sample booking through its statuses.
+
+    The demo uses the embedded database whatever DATABASE_URL says: a developer's `.env`
+    pointing at staging must not get sample rows, nor have its real messages simulated away.
+    """
     from listener.demo import run_demo
+    from listener.embedded import start_embedded_server
     from listener.migrate import migrate as apply_migrations
 
     configure_logging(app.settings.log_level, "console")
+    if app.settings.database_url and not database_url:
+        log.info("demo.embedded_database", note="DATABASE_URL is not used by the demo")
+    conninfo = database_url or start_embedded_server(Path(app.settings.embedded_data_dir))
     try:
-        apply_migrations(app.conninfo, reference_schema=True)
+        apply_migrations(conninfo, reference_schema=True)
     except psycopg.Error as exc:
         log.error("demo.cannot_start", error=str(exc))
         raise SystemExit(1) from None
-    asyncio.run(run_demo(app.settings, app.conninfo, exit_when_done=exit_when_done))
+    asyncio.run(run_demo(app.settings, conninfo, exit_when_done=exit_when_done))
 
 
 @main.command()
