@@ -249,23 +249,42 @@ class Worker:
                 return
 
     async def _flush(self) -> bool:
-        """Write buffered outcomes; on a database error keep them for the next try."""
+        """Write buffered outcomes; on a connection error keep them for the next try."""
         batch, self._completions = self._completions, []
         if not batch:
             return True
         self._flushing = {c.event.id for c in batch}
         try:
             await self._write(batch)
-        except psycopg.Error as exc:
+        except psycopg.OperationalError as exc:
             self._completions[:0] = batch
             self._log.warning("worker.flush_failed", error=str(exc), count=len(batch))
             return False
+        except psycopg.Error as exc:
+            # One outcome the database refuses must not hold up the others for ever.
+            self._log.error("worker.flush_rejected", error=str(exc), count=len(batch))
+            await self._write_one_by_one(batch)
         finally:
             self._flushing = set()
         for completion in batch:
             self._inflight.pop(completion.event.id, None)
         self.wake.set()
         return True
+
+    async def _write_one_by_one(self, batch: list[Completion]) -> None:
+        """Write each outcome alone; one still refused is recorded as `failed` without its ledger."""
+        for completion in batch:
+            try:
+                await self._write([completion])
+                continue
+            except psycopg.Error as exc:
+                refused = Completion(completion.event, "failed", error=f"outcome not recordable: {exc}")
+            try:
+                await self._write([refused])
+                self._log.error("event.failed", event_id=refused.event.id, kind=refused.event.kind,
+                                error=refused.error)
+            except psycopg.Error as exc:  # left `processing` under our id; logged for operators
+                self._log.error("event.unrecordable", event_id=refused.event.id, error=str(exc))
 
     async def _write(self, batch: list[Completion]) -> None:
         params = _completion_params(batch, self.worker_id)
@@ -339,6 +358,11 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
 
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL, which a provider's error body may contain."""
+    return value.replace("\x00", "") if value else value
+
+
 def _completion_params(batch: list[Completion], worker_id: str) -> dict[str, Any]:
     """Column arrays for `complete_events` (outcomes and ledger rows, bound with unnest)."""
     rows = [(c.event.id, d) for c in batch for d in c.deliveries]
@@ -346,7 +370,7 @@ def _completion_params(batch: list[Completion], worker_id: str) -> dict[str, Any
         "ids": [c.event.id for c in batch],
         "statuses": [c.status for c in batch],
         "delays": [c.delay for c in batch],
-        "errors": [c.error for c in batch],
+        "errors": [_text(c.error) for c in batch],
         "payloads": [Jsonb(c.payload) if c.payload is not None else None for c in batch],
         "released": [c.released for c in batch],
         "worker_id": worker_id,
@@ -358,5 +382,5 @@ def _completion_params(batch: list[Completion], worker_id: str) -> dict[str, Any
         "d_statuses": [d.status for _, d in rows],
         "d_message_ids": [d.provider_message_id for _, d in rows],
         "d_error_codes": [d.error_code for _, d in rows],
-        "d_error_messages": [d.error_message for _, d in rows],
+        "d_error_messages": [_text(d.error_message) for _, d in rows],
     }

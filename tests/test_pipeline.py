@@ -298,3 +298,23 @@ async def test_stop_finishes_running_events_and_returns_unstarted_claims(
     assert counts == {"done": len(handler.handled), "pending": 12 - len(handler.handled)}
     assert 1 <= len(handler.handled) <= 2
     assert {e["attempts"] for e in events(db) if e["status"] == "pending"} == {0}
+
+
+async def test_an_outcome_the_database_refuses_fails_alone(db: psycopg.Connection, db_url: str) -> None:
+    """A ledger row violating a constraint must not freeze the worker's other outcomes."""
+    seed_bookings(db, 6)
+    bad = events(db)[2]["id"]
+
+    def script(event: Event) -> Outcome:
+        channel = "fax" if event.id == bad else "email"  # "fax" breaks the ledger's CHECK
+        return Outcome(deliveries=[DeliveryRecord(channel, f"r{event.id}@example.com", "sent")])  # type: ignore[arg-type]
+
+    async with Running(db_url, ScriptedHandler(script)):
+        await wait_all_finished(db, 6)
+        seed_bookings(db, 2)  # and the worker keeps going afterwards
+        await wait_all_finished(db, 8)
+    by_id = {e["id"]: e for e in events(db)}
+    assert by_id[bad]["status"] == "failed"
+    assert "outcome not recordable" in by_id[bad]["last_error"]
+    assert status_counts(db) == {"done": 7, "failed": 1}
+    assert db.execute("SELECT count(*) FROM worker.deliveries").fetchone() == (7,)
