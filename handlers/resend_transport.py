@@ -17,7 +17,7 @@ from resend.http_client_async import AsyncHTTPClient
 
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent
-from handlers.transports import RateLimiter, loop_running, retry_after_seconds
+from handlers.transports import RateLimiter, loop_running, provider_connection_limit, retry_after_seconds
 from listener.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -27,18 +27,21 @@ class _PooledResendClient(AsyncHTTPClient):
     """resend's async HTTP client on ONE persistent aiohttp session.
 
     The stock client opens an httpx client per call (a new TLS context and connection each
-    time); httpx's own pool also costs several times aiohttp's CPU per request.
+    time); httpx's own pool also costs several times aiohttp's CPU per request. The session may
+    open `connection_limit` connections (aiohttp's default of 100 would queue behind a slow Resend).
     """
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, connection_limit: int) -> None:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.connection_limit = connection_limit
         self.session: aiohttp.ClientSession | None = None
         if loop_running():
             self._open()
 
     def _open(self) -> aiohttp.ClientSession:
         if self.session is None:
-            self.session = aiohttp.ClientSession(timeout=self.timeout)
+            connector = aiohttp.TCPConnector(limit=self.connection_limit)
+            self.session = aiohttp.ClientSession(timeout=self.timeout, connector=connector)
         return self.session
 
     async def request(
@@ -76,7 +79,9 @@ class ResendEmail:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.limiter = RateLimiter(settings.resend_rate_per_second)
-        self.http = _PooledResendClient(settings.provider_timeout_seconds)
+        self.http = _PooledResendClient(
+            settings.provider_timeout_seconds, provider_connection_limit(settings)
+        )
         key = settings.resend_api_key
         resend.api_key = key.get_secret_value() if key else None
         # resend reads RESEND_API_URL only at import; the settings are the truth.

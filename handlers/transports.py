@@ -62,6 +62,16 @@ class RateLimiter:
             await asyncio.sleep(wait)
 
 
+def provider_connection_limit(settings: Settings) -> int:
+    """Connections one provider's HTTP session may hold open at once.
+
+    An event sends at most three WhatsApp messages or two emails at a time, so every message of
+    WORKER_CONCURRENCY events fits; aiohttp's default of 100 would queue requests behind a slow
+    provider (50 events x 3 WhatsApp), while a bound still keeps a runaway from exhausting sockets.
+    """
+    return 4 * settings.worker_concurrency
+
+
 def loop_running() -> bool:
     """Create HTTP sessions up front when a loop runs (the daemon), so the first message
     does not pay for them; otherwise on first use."""

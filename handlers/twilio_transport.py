@@ -24,7 +24,7 @@ from twilio.rest import Client as TwilioClient
 
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent
-from handlers.transports import RateLimiter, loop_running, retry_after_seconds
+from handlers.transports import RateLimiter, loop_running, provider_connection_limit, retry_after_seconds
 from listener.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -36,7 +36,13 @@ _twilio_sdk_log.setLevel(logging.WARNING)
 
 
 class _TwilioHttpClient(AsyncTwilioHttpClient):
-    """The SDK's aiohttp client, raising our error types for answers worth retrying."""
+    """The SDK's aiohttp client on one session sized for the worker's concurrency, raising our
+    error types for answers worth retrying."""
+
+    def __init__(self, connection_limit: int) -> None:
+        # The SDK's own session has aiohttp's default limit of 100 connections: ours replaces it.
+        super().__init__(pool_connections=False, logger=_twilio_sdk_log)
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connection_limit))
 
     async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
         try:
@@ -89,7 +95,7 @@ class TwilioWhatsApp:
 
     def _twilio(self) -> TwilioClient:
         if self._client is None:  # aiohttp needs the running loop: create on first use, then reuse
-            self._http = _TwilioHttpClient(logger=_twilio_sdk_log)
+            self._http = _TwilioHttpClient(provider_connection_limit(self.settings))
             token = self.settings.twilio_auth_token
             self._client = TwilioClient(
                 self.settings.twilio_account_sid,

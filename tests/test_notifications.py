@@ -3,6 +3,7 @@ router in a worker, the real twilio and resend SDKs, and the fake providers over
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import json
@@ -14,6 +15,10 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
+from handlers.delivery import Message
+from handlers.resend_transport import ResendEmail
+from handlers.transports import provider_connection_limit
+from handlers.twilio_transport import TwilioWhatsApp
 from listener.cli import main as cli
 from listener.fake_providers import FakeProviders, Recorded, Reply
 from listener.logs import configure_logging
@@ -462,3 +467,28 @@ async def test_resend_validation_error_fails_that_email_and_the_rest_go_out(
     )
     assert [rows[("whatsapp", role)]["status"] for role in ("admin", "client", "performer")] == ["sent"] * 3
     assert len(fake.received("twilio")) == 3 and len(fake.received("resend", ok_only=False)) == 1
+
+
+@pytest.mark.parametrize("provider", ["twilio", "resend"])
+async def test_a_slow_provider_receives_more_concurrent_messages_than_aiohttps_default_pool(
+    fake, provider: str
+) -> None:
+    """120 messages in flight (40 events' worth) reach a slow provider at once, not 100 then 20."""
+    fake.set_latency(0.6, provider)  # type: ignore[arg-type]
+    settings = provider_settings("postgresql://unused", fake, worker_concurrency=40)
+    assert provider_connection_limit(settings) > 120
+    transport = TwilioWhatsApp(settings) if provider == "twilio" else ResendEmail(settings)
+    channel = "whatsapp" if provider == "twilio" else "email"
+    recipients = [f"+614000{n:05d}" if channel == "whatsapp" else f"guest{n}@example.com" for n in range(120)]
+    try:
+        await asyncio.gather(
+            *(
+                transport.send(Message(channel, to, "Hi", subject="Hi", html="<p>Hi</p>", idempotency_key=to))
+                for to in recipients
+            )
+        )
+    finally:
+        await transport.close()
+    arrivals = [r.time for r in fake.received(provider)]  # type: ignore[arg-type]
+    assert len(arrivals) == 120
+    assert max(arrivals) - min(arrivals) < 0.4  # none waited for an earlier answer to free a connection
