@@ -92,6 +92,7 @@ class Worker:
         #: Free room worth a claim while events are in flight (idle: any room is).
         self._refill_at = max(1, min(settings.claim_batch_size, self._max_claimed // 2))
         self._flushing: set[int] = set()  # ids being written right now (neither buffered nor done)
+        self._liveness: psycopg.AsyncConnection | None = None
         self._log = log.bind(worker_id=self.worker_id)
 
     # ------------------------------------------------------------------ lifecycle
@@ -113,6 +114,7 @@ class Worker:
             with contextlib.suppress(psycopg.Error):
                 async with self.pool.connection() as conn:
                     await conn.execute(QUERIES["unregister_worker"], {"worker_id": self.worker_id})
+            await self._close_liveness()
             self._log.info("worker.stopped")
 
     def stop(self) -> None:
@@ -331,14 +333,15 @@ class Worker:
         stale = {"stale_seconds": self.settings.stale_after_seconds}
         release = {**stale, "max_attempts": self.settings.max_attempts}
         try:
-            async with self.pool.connection() as conn:
-                await conn.execute(QUERIES["heartbeat"], params)
-                released = await (await conn.execute(QUERIES["release_dead_claims"], release)).fetchall()
-                expired = await (await conn.execute(QUERIES["expire_pending"])).fetchall()
-                await conn.execute(QUERIES["forget_dead_workers"], stale)
+            conn = await self._liveness_connection()
+            await conn.execute(QUERIES["heartbeat"], params)  # committed first, on its own
+            released = await (await conn.execute(QUERIES["release_dead_claims"], release)).fetchall()
+            expired = await (await conn.execute(QUERIES["expire_pending"])).fetchall()
+            await conn.execute(QUERIES["forget_dead_workers"], stale)
         except psycopg.Error as exc:
             if log_errors:
                 self._log.warning("worker.heartbeat_failed", error=str(exc))
+            await self._close_liveness()
             return
         for event_id, kind, dead_worker, status in released:
             if status == "failed":
@@ -352,6 +355,19 @@ class Worker:
             METRICS.events_expired.labels(kind=kind).inc()
         if released:
             self.wake.set()
+
+    async def _liveness_connection(self) -> psycopg.AsyncConnection:
+        """The heartbeat's own connection: a pool busy with jobs, cron runs or a burst of
+        deliveries must never delay it past STALE_AFTER_SECONDS (others would take our claims)."""
+        if self._liveness is None or self._liveness.closed:
+            self._liveness = await psycopg.AsyncConnection.connect(self.pool.conninfo, autocommit=True)
+        return self._liveness
+
+    async def _close_liveness(self) -> None:
+        if self._liveness is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._liveness.close()
+            self._liveness = None
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -318,3 +318,22 @@ async def test_an_outcome_the_database_refuses_fails_alone(db: psycopg.Connectio
     assert "outcome not recordable" in by_id[bad]["last_error"]
     assert status_counts(db) == {"done": 7, "failed": 1}
     assert db.execute("SELECT count(*) FROM worker.deliveries").fetchone() == (7,)
+
+
+async def test_heartbeat_keeps_beating_while_the_work_pool_is_exhausted(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """Jobs or a burst of deliveries holding every pooled connection must not stop the heartbeat."""
+    async with Running(db_url, ScriptedHandler()) as running:
+        held = [await running.pool.getconn() for _ in range(running.pool.max_size)]
+        try:
+            before = db.execute("SELECT heartbeat_at FROM worker.workers").fetchone()
+
+            async def beat_advanced() -> bool:
+                now = db.execute("SELECT heartbeat_at FROM worker.workers").fetchone()
+                return now is not None and before is not None and now[0] > before[0]
+
+            await async_wait_until(beat_advanced, timeout=5, message="a heartbeat with the pool exhausted")
+        finally:
+            for conn in held:
+                await running.pool.putconn(conn)
