@@ -60,7 +60,9 @@ class AppContext:
         return self._conninfo
 
     def configure_logging(self, stream: Any = None) -> None:
-        configure_logging(self.settings.log_level, self.settings.log_format, stream)
+        configure_logging(
+            self.settings.log_level, self.settings.log_format, stream, self.settings.secret_values()
+        )
 
 
 pass_app = click.make_pass_decorator(AppContext, ensure=True)
@@ -135,7 +137,7 @@ def demo(app: AppContext, exit_when_done: bool, database_url: str | None) -> Non
     from listener.embedded import start_embedded_server
     from listener.migrate import migrate as apply_migrations
 
-    configure_logging(app.settings.log_level, "console")
+    configure_logging(app.settings.log_level, "console", secrets=app.settings.secret_values())
     if app.settings.database_url and not database_url:
         log.info("demo.embedded_database", note="DATABASE_URL is not used by the demo")
     conninfo = database_url or start_embedded_server(Path(app.settings.embedded_data_dir))

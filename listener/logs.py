@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from typing import TextIO
 
 import structlog
 
-from listener.redaction import redact_processor
+from listener.redaction import redact_processor, register_secrets
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json", stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "INFO", fmt: str = "json", stream: TextIO | None = None, secrets: Iterable[str] = ()
+) -> None:
     """Route structlog and stdlib logging through the same processors to `stream`.
 
     Redaction runs after every context merge and just before rendering, so values bound
-    anywhere (contextvars, bound loggers, stdlib `extra`) are all masked.
+    anywhere (contextvars, bound loggers, stdlib `extra`) are all masked; `secrets` are literal
+    values (the configured credentials) masked wherever they appear.
     """
+    register_secrets(secrets)
     stream = stream or sys.stdout
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -7,7 +7,7 @@ third-party stdlib loggers go through, so no line can bypass it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 REDACTED = "***"
@@ -27,7 +27,20 @@ _PHONE = re.compile(
     r"(?<![\w-])(?:whatsapp:)?((?:\+|0)\d(?:[ -]?\d){6,14}|[1-9]\d{8,14})(?![\w-])"
 )
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
-_BEARER = re.compile(r"(Bearer\s+)\S+", re.IGNORECASE)
+_BEARER = re.compile(r"((?:Bearer|Basic)\s+)\S+", re.IGNORECASE)
+_ASSIGNED_SECRET = re.compile(
+    r"((?:token|secret|password|passwd|api_key|apikey|auth_token)[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;]+",
+    re.IGNORECASE,
+)
+#: The configured secrets themselves (auth token, API key, cron secret, database password):
+#: masked wherever they appear, whatever logged them.
+_known_secrets: tuple[str, ...] = ()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Remember the literal secret values to mask (short ones would mask ordinary words)."""
+    global _known_secrets
+    _known_secrets = tuple(sorted({v for v in values if v and len(v) >= 6}, key=len, reverse=True))
 
 
 def mask_email(address: str) -> str:
@@ -52,8 +65,11 @@ def mask_phone(number: str) -> str:
 
 def mask_text(text: str) -> str:
     """Mask every email address, phone number, URL password and bearer token in free text."""
+    for secret in _known_secrets:
+        text = text.replace(secret, REDACTED)
     text = _URL_PASSWORD.sub(r"\1" + REDACTED + "@", text)
     text = _BEARER.sub(r"\1" + REDACTED, text)
+    text = _ASSIGNED_SECRET.sub(r"\1" + REDACTED, text)
     text = mask_email(text)
     return _PHONE.sub(lambda m: mask_phone(m.group(1)), text)
 

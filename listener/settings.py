@@ -7,6 +7,7 @@ as they are so an existing deployment's config vars carry over unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from datetime import UTC
@@ -14,6 +15,8 @@ from functools import cached_property
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
@@ -131,6 +134,20 @@ class Settings(BaseSettings):
     @classmethod
     def _region_upper(cls, value: str) -> str:
         return value.upper()
+
+    def secret_values(self) -> list[str]:
+        """The configured secrets' values, for the log redaction to mask literally."""
+        values = [
+            secret.get_secret_value()
+            for secret in (self.twilio_auth_token, self.resend_api_key, self.cron_secret)
+            if secret is not None
+        ]
+        for url in (self.database_url, self.bench_database_url):
+            with contextlib.suppress(psycopg.ProgrammingError):  # unparseable: nothing to take
+                password = conninfo_to_dict(url).get("password") if url else None
+                if password:
+                    values.append(str(password))
+        return values
 
     @cached_property
     def twilio_configured(self) -> bool:

@@ -31,7 +31,7 @@ def jobs() -> None:
 def run_job(job: Literal["cleanup", "reminders", "all"]) -> None:
     """Run JOB once now (serialised with scheduled runs) and print its JSON summary."""
     settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format, sys.stderr)
+    configure_logging(settings.log_level, settings.log_format, sys.stderr, settings.secret_values())
     try:
         result = asyncio.run(_run_once(settings, resolve_database_url(settings), job))
     except psycopg.Error as exc:

@@ -97,3 +97,16 @@ def test_unreachable_database_is_one_line_and_exit_1() -> None:
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith("database error: ")
     assert "hunter2pw" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_configured_secrets_and_credential_shapes_are_masked_in_any_text() -> None:
+    stream = io.StringIO()
+    configure_logging("DEBUG", "json", stream, secrets=["sk_live_supersecret", "dbpass-123456"])
+    logging.getLogger("aiohttp.client").warning(
+        "POST with Authorization: Basic QUN4eHh4OnRvaw== and token=abc123def, "
+        "key sk_live_supersecret, dsn host=db password=dbpass-123456"
+    )
+    text = stream.getvalue()
+    for leaked in ("QUN4eHh4OnRvaw==", "abc123def", "sk_live_supersecret", "dbpass-123456"):
+        assert leaked not in text
+    assert "Authorization: Basic ***" in json.loads(text)["event"]
