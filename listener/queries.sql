@@ -132,11 +132,12 @@ FROM worker.deliveries WHERE event_id = %(id)s ORDER BY id;
 
 -- name: retry_events
 -- Requeue one finished event (failed, expired or done), or, with a null id, every failed one. Their
--- failed deliveries are forgotten so they are tried again; what was sent stays sent.
+-- failed deliveries are forgotten so they are tried again; what was sent stays sent. An operator
+-- requeueing an expired event means it: its expiry is lifted (an OTP's own expiry still holds).
 WITH requeued AS (
     UPDATE worker.events
     SET status = 'pending', run_at = now(), attempts = 0, locked_by = NULL,
-        finished_at = NULL, updated_at = now()
+        expires_at = NULL, finished_at = NULL, updated_at = now()
     WHERE CASE WHEN %(id)s::bigint IS NULL THEN status = 'failed'
                ELSE id = %(id)s::bigint AND status IN ('failed', 'expired', 'done') END
     RETURNING id

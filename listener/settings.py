@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from scheduler.ticks import LocalCronTrigger
@@ -135,6 +135,18 @@ class Settings(BaseSettings):
     def _region_upper(cls, value: str) -> str:
         return value.upper()
 
+    @model_validator(mode="after")
+    def _retention_outlives_reminder_windows(self) -> Settings:
+        # A reminder's event row is its "already sent" mark: pruned inside the window, the
+        # next hourly run would send the reminder again.
+        window_days = max(self.booking_reminder_hours / 24, self.payment_reminder_days)
+        if self.worker_retention_days <= window_days:
+            raise ValueError(
+                f"WORKER_RETENTION_DAYS ({self.worker_retention_days}) must be longer than the reminder"
+                f" windows ({window_days:g} days), or reminders would be sent again"
+            )
+        return self
+
     def secret_values(self) -> list[str]:
         """The configured secrets' values, for the log redaction to mask literally."""
         values = [
@@ -163,7 +175,10 @@ def describe_validation_error(error: ValidationError) -> list[str]:
     """One line per bad variable, naming it; the offending value only for non-secrets."""
     lines = []
     for item in error.errors():
-        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
+        if not item["loc"]:  # a rule across several settings: its message names them
+            lines.append(f"configuration error: {item['msg'].removeprefix('Value error, ')}")
+            continue
+        name = str(item["loc"][0]).upper()
         secret = any(word in name for word in ("TOKEN", "KEY", "SECRET", "PASSWORD", "URL"))
         shown = "" if secret or "input" not in item else f" (got {item['input']!r})"
         lines.append(f"configuration error: {name}: {item['msg']}{shown}")

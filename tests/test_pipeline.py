@@ -274,13 +274,19 @@ def test_manual_retry_forgets_failed_deliveries_and_keeps_sent_ones(
         "('booking.created', 'b2', 'done', 1, NULL, now())"
     )
     db.execute(
+        "INSERT INTO worker.events (kind, subject_id, status, expires_at, finished_at) VALUES "
+        "('booking.reminder_due', 'b3', 'expired', now() - interval '1 hour', now())"
+    )
+    db.execute(
         "INSERT INTO worker.deliveries (event_id, channel, recipient, status) VALUES "
         "(1, 'whatsapp', '+61400000002', 'failed'), (1, 'email', 'ann@example.com', 'sent')"
     )
     assert admin.retry_events(db_url, None) == [1]
     assert admin.retry_events(db_url, 2) == [2]
     assert admin.retry_events(db_url, 2) == []  # already pending
-    assert status_counts(db) == {"pending": 2}
+    assert admin.retry_events(db_url, 3) == [3]
+    assert status_counts(db) == {"pending": 3}
+    assert db.execute("SELECT expires_at FROM worker.events WHERE id = 3").fetchone() == (None,)
     ledger = db.execute("SELECT event_id, channel, status FROM worker.deliveries ORDER BY id").fetchall()
     assert ledger == [(1, "email", "sent")]
 

@@ -110,3 +110,11 @@ def test_configured_secrets_and_credential_shapes_are_masked_in_any_text() -> No
     for leaked in ("QUN4eHh4OnRvaw==", "abc123def", "sk_live_supersecret", "dbpass-123456"):
         assert leaked not in text
     assert "Authorization: Basic ***" in json.loads(text)["event"]
+
+
+def test_a_rule_across_settings_is_one_line_without_echoing_any_value() -> None:
+    result = run_cli("check", WORKER_RETENTION_DAYS="2", CRON_SECRET="a-cron-secret-value-123")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("configuration error: WORKER_RETENTION_DAYS (2) must be longer")
+    assert "a-cron-secret-value-123" not in result.stderr
