@@ -7,6 +7,7 @@ import time
 import psycopg
 
 from listener.db import LISTENER_APPLICATION_NAME
+from listener.fake_providers import FakeProviders
 from tests.appdata import add_booking, add_client, add_performer, status_counts
 from tests.pgharness import PrivateServer
 from tests.waiting import wait_until
@@ -83,18 +84,37 @@ def test_postgres_restart_under_a_running_worker(private_server: PrivateServer, 
     assert worker.terminate() == 0
 
 
-def test_sigterm_exits_zero_in_time_with_nothing_processing(
+def test_sigterm_with_messages_in_flight_exits_zero_in_time_with_nothing_processing(
     db: psycopg.Connection, db_url: str, spawn_worker
 ) -> None:
-    worker = spawn_worker(db_url)
-    wait_until(lambda: worker.events_logged("worker.started"), message="worker started")
-    seed(db, 500)
-    started = time.monotonic()
-    code = worker.terminate(timeout=30)
+    """SIGTERM while provider requests are in flight (a slow fake provider): they finish, the
+    claimed-but-unstarted events go back to pending, nothing stays `processing`, exit 0."""
+    with FakeProviders(latency=0.5) as fake:
+        worker = spawn_worker(
+            db_url,
+            TWILIO_ACCOUNT_SID="AC" + "0" * 32,
+            TWILIO_AUTH_TOKEN="fault-test-token",
+            TWILIO_WHATSAPP_NUMBER="+14155238886",
+            ADMIN_WHATSAPP="+61400000000",
+            TWILIO_API_BASE_URL=fake.url,
+            RESEND_API_KEY="re_fault_test",
+            RESEND_API_URL=fake.url,
+            RESEND_RATE_PER_SECOND="1000",
+            WORKER_CONCURRENCY="5",
+            CLAIM_BATCH_SIZE="20",
+        )
+        wait_until(lambda: worker.events_logged("worker.started"), message="worker started")
+        seed(db, 200)
+        wait_until(lambda: len(fake.requests) > 0, timeout=20, message="requests in flight")
+        started = time.monotonic()
+        assert status_counts(db).get("processing", 0) > 0
+        code = worker.terminate(timeout=30)
+        elapsed = time.monotonic() - started
     assert code == 0
-    assert time.monotonic() - started < 25
+    assert elapsed < 25  # inside Heroku's and Fly's 30 s
     counts = status_counts(db)
     assert counts.get("processing", 0) == 0
+    assert counts.get("done", 0) > 0 and counts.get("pending", 0) > 0
     assert worker.events_logged("daemon.stopped")
 
 
