@@ -77,6 +77,13 @@ class OtpCode:
     purpose: str
     expires_at: datetime
     used_at: datetime | None
+    created_at: datetime
+
+    @property
+    def lifetime_minutes(self) -> int:
+        """How long the code is valid, from the row alone: every attempt to send it (retries share
+        one Idempotency-Key) renders the same email, which a "minutes left at send time" would not."""
+        return max(1, round((self.expires_at - self.created_at).total_seconds() / 60))
 
 
 @dataclass(frozen=True, slots=True)

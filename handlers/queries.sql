@@ -7,7 +7,7 @@ SELECT i.event_id,
        b.total_amount, b.deposit_amount, b.amount_paid, b.cancellation_reason,
        c.id::text, c.full_name, c.full_name, c.email, c.phone, c.whatsapp_opt_in, c.email_opt_in,
        p.id::text, p.stage_name, p.full_name, p.email, p.phone, p.whatsapp_opt_in, p.email_opt_in,
-       o.id::text, o.email, o.code, o.purpose, o.expires_at, o.used_at,
+       o.id::text, o.email, o.code, o.purpose, o.expires_at, o.used_at, o.created_at,
        v.id::text, v.full_name, v.stage_name, v.email, v.phone, v.status, v.review_notes,
        ARRAY(SELECT d.channel || ' ' || d.recipient
              FROM worker.deliveries d WHERE d.event_id = i.event_id) AS ledger

@@ -118,14 +118,21 @@ class ResendEmail:
         await self.http.aclose()
 
 
+#: 4xx answers a later attempt can get past: 409 while a request with the same Idempotency-Key
+#: is still in flight (e.g. a timed-out attempt). Its sibling `invalid_idempotent_request` (same
+#: key, different body) stays permanent: resending the same thing cannot change that answer.
+_RETRYABLE_CLIENT_ERRORS = frozenset({"concurrent_idempotent_requests"})
+
+
 def _resend_error(exc: resend.exceptions.ResendError) -> Exception:
-    """429 and 5xx (and the SDK's wrapped connection errors, reported as 500) retry; 4xx fail."""
+    """429, 5xx (and the SDK's wrapped connection errors, reported as 500) and a concurrent
+    idempotent request retry; other 4xx fail."""
     try:
         status = int(exc.code)
     except (TypeError, ValueError):
         status = 500
     code = str(exc.error_type or status)
-    if status == 429 or status >= 500:
+    if status == 429 or status >= 500 or code in _RETRYABLE_CLIENT_ERRORS:
         message = "resend: timed out" if code == "timeout" else f"resend: {code}"
         return TransientDeliveryError(message, code=code, retry_after=retry_after_seconds(exc.headers))
     return PermanentDeliveryError(f"resend: {exc.message}", code=code)

@@ -8,7 +8,6 @@ are then sent concurrently, in one gather.
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -219,13 +218,11 @@ async def _otp_created(event: Event, data: EventData) -> None:
     otp = data.otp
     if otp is None:
         raise PermanentDeliveryError("otp code not found", code="not_found")
-    now = datetime.now(UTC)
-    if otp.used_at is not None or otp.expires_at <= now:
+    if otp.used_at is not None or otp.expires_at <= datetime.now(UTC):
         reason = "used" if otp.used_at is not None else "expired"
         current_scope().skip(event.kind, MessageContext(otp_email=otp.email), reason, f"otp already {reason}")
         return
-    minutes = max(1, math.ceil((otp.expires_at - now).total_seconds() / 60))
-    await send_otp_email(otp.email, otp.code, minutes)
+    await send_otp_email(otp.email, otp.code, otp.lifetime_minutes)
 
 
 async def _vetting_decided(event: Event, data: EventData) -> None:
@@ -272,6 +269,6 @@ def _event_data(row: tuple[Any, ...]) -> EventData:
     booking = Booking(*row[1:13]) if row[1] is not None else None
     client = Person(*row[13:20]) if row[13] is not None else None
     performer = Person(*row[20:27]) if row[20] is not None else None
-    otp = OtpCode(*row[27:33]) if row[27] is not None else None
-    application = Application(*row[33:40]) if row[33] is not None else None
-    return EventData(booking, client, performer, otp, application, frozenset(row[40]))
+    otp = OtpCode(*row[27:34]) if row[27] is not None else None
+    application = Application(*row[34:41]) if row[34] is not None else None
+    return EventData(booking, client, performer, otp, application, frozenset(row[41]))

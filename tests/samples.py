@@ -63,9 +63,8 @@ def application() -> Application:
 
 
 def otp(minutes: int = 10) -> OtpCode:
-    return OtpCode(
-        "o1", "sam@example.com", "123456", "login", datetime.now(UTC) + timedelta(minutes=minutes), None
-    )
+    now = datetime.now(UTC)
+    return OtpCode("o1", "sam@example.com", "123456", "login", now + timedelta(minutes=minutes), None, now)
 
 
 def event_data(**booking_values: object) -> EventData:
