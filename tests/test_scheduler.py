@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
+from listener.fake_providers import FakeProviders
 from scheduler.runs import JOB_LOCK_CLASS, JOB_LOCK_IDS, MAX_TICK_ATTEMPTS, run_job_now, run_scheduled_tick
 from scheduler.service import CATCH_UP_INTERVAL_SECONDS, JobScheduler
 from scheduler.ticks import LocalCronTrigger, crontab_day_of_week, fire_times, previous_fire_time
@@ -414,21 +415,56 @@ def test_daemon_catches_up_at_startup_and_delivers_what_the_jobs_wrote(
         deposit_paid_at=now,
     )
 
-    worker = spawn_worker(db_url, SCHEDULER_ENABLED="true")
+    with FakeProviders() as fake:
+        worker = spawn_worker(
+            db_url,
+            SCHEDULER_ENABLED="true",
+            TWILIO_ACCOUNT_SID="AC" + "0" * 32,
+            TWILIO_AUTH_TOKEN="scheduler-test-token",
+            TWILIO_WHATSAPP_NUMBER="+14155238886",
+            ADMIN_WHATSAPP="+61400000000",
+            TWILIO_API_BASE_URL=fake.url,
+            RESEND_API_KEY="re_scheduler_test",
+            RESEND_API_URL=fake.url,
+            RESEND_RATE_PER_SECOND="1000",
+        )
 
-    def delivered() -> bool:
-        kinds = {(e["kind"], e["subject_id"]): e["status"] for e in events(db)}
-        wanted = [
-            ("booking.cancelled", stale),
-            ("booking.reminder_due", upcoming),
-            ("booking.payment_due", upcoming),
+        def delivered() -> bool:
+            kinds = {(e["kind"], e["subject_id"]): e["status"] for e in events(db)}
+            wanted = [
+                ("booking.cancelled", stale),
+                ("booking.reminder_due", upcoming),
+                ("booking.payment_due", upcoming),
+            ]
+            return all(kinds.get(key) == "done" for key in wanted)
+
+        wait_until(delivered, timeout=30, message="cancellation and reminders delivered")
+        sent = db.execute(
+            "SELECT e.kind, d.channel, count(*) FROM worker.deliveries d"
+            " JOIN worker.events e ON e.id = d.event_id WHERE d.status = 'sent'"
+            " AND e.kind <> 'booking.created' GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
+        # Through the real SDKs to the fake providers: the catalog's messages, each once.
+        assert sent == [
+            ("booking.cancelled", "email", 1),
+            ("booking.cancelled", "whatsapp", 3),
+            ("booking.payment_due", "email", 1),
+            ("booking.payment_due", "in_app", 1),
+            ("booking.payment_due", "whatsapp", 1),
+            ("booking.reminder_due", "email", 2),
+            ("booking.reminder_due", "in_app", 2),
+            ("booking.reminder_due", "whatsapp", 2),
         ]
-        return all(kinds.get(key) == "done" for key in wanted)
-
-    wait_until(delivered, timeout=30, message="cancellation and reminders delivered")
-    runs = {(r["job"], r["trigger"], r["status"]) for r in job_runs(db)}
-    assert runs == {("cleanup", "catch_up", "succeeded"), ("reminders", "catch_up", "succeeded")}
-    assert worker.terminate() == 0
+        totals = dict(
+            db.execute(
+                "SELECT channel, count(*) FROM worker.deliveries WHERE status = 'sent' GROUP BY 1"
+            ).fetchall()
+        )
+        assert len(fake.received("twilio")) == totals["whatsapp"]
+        assert len(fake.received("resend")) == totals["email"]
+        runs = {(r["job"], r["trigger"], r["status"]) for r in job_runs(db)}
+        assert runs == {("cleanup", "catch_up", "succeeded"), ("reminders", "catch_up", "succeeded")}
+        assert worker.terminate() == 0
     assert worker.events_logged("scheduler.stopped")
 
 
