@@ -8,7 +8,7 @@ import io
 import itertools
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -16,10 +16,14 @@ import pytest
 from click.testing import CliRunner
 
 from handlers.delivery import Message
+from handlers.email import send_email
 from handlers.resend_transport import ResendEmail
+from handlers.router import NotificationRouter
 from handlers.transports import provider_connection_limit
 from handlers.twilio_transport import TwilioWhatsApp
+from handlers.whatsapp import send_admin_whatsapp, send_whatsapp
 from listener.cli import main as cli
+from listener.db import create_pool
 from listener.fake_providers import FakeProviders, Recorded, Reply
 from listener.logs import configure_logging
 from tests.appdata import add_booking, add_client, add_party, add_performer, events
@@ -573,3 +577,61 @@ async def test_a_slow_provider_receives_more_concurrent_messages_than_aiohttps_d
     arrivals = [r.time for r in fake.received(provider)]  # type: ignore[arg-type]
     assert len(arrivals) == 120
     assert max(arrivals) - min(arrivals) < 0.4  # none waited for an earlier answer to free a connection
+
+
+@pytest.fixture
+async def direct_sends(db_url: str, fake) -> AsyncIterator[NotificationRouter]:
+    """The router built as the daemon builds it, so calls outside any event use its transports."""
+    pool = create_pool(db_url, 2)
+    await pool.open()
+    router = NotificationRouter(provider_settings(db_url, fake), pool)
+    try:
+        yield router
+    finally:
+        await router.close()
+        await pool.close()
+
+
+async def test_send_whatsapp_sends_one_message_to_the_normalised_number(direct_sends, fake) -> None:
+    record = await send_whatsapp("0400 000 007", "Your performer is on the way")
+    [request] = fake.received("twilio")
+    assert request.body == {
+        "To": "whatsapp:+61400000007",
+        "From": "whatsapp:+14155238886",
+        "Body": "Your performer is on the way",
+    }
+    assert record is not None and (record.status, record.recipient) == ("sent", "+61400000007")
+    assert record.provider_message_id == request.response["sid"]
+    # A number that cannot be a phone number is refused before any request.
+    refused = await send_whatsapp("call me maybe", "Hello")
+    assert refused is not None and (refused.status, refused.error_code) == ("failed", "invalid_number")
+    assert len(fake.requests) == 1
+
+
+async def test_send_admin_whatsapp_reaches_admin_whatsapp(direct_sends, fake) -> None:
+    record = await send_admin_whatsapp("Deposit for FE-1001 needs checking")
+    [request] = fake.received("twilio")
+    assert (request.body["To"], request.body["From"]) == (ADMIN, "whatsapp:+14155238886")
+    assert request.body["Body"] == "Deposit for FE-1001 needs checking"
+    assert record is not None and (record.status, record.recipient_role) == ("sent", "admin")
+
+
+async def test_send_email_sends_html_text_reply_to_and_an_idempotency_key(direct_sends, fake) -> None:
+    html = "<p>Your total is <b>$10.00</b> &amp; paid.</p>"
+    record = await send_email("Guest@Example.com", "Your receipt", html, reply_to="billing@flavor.example")
+    await send_email("guest@example.com", "Your receipt", html, reply_to="billing@flavor.example")
+    await send_email("guest@example.com", "Another subject", html)
+    first, again, other = fake.received("resend")
+    assert first.body == {
+        "from": direct_sends.dispatcher.settings.from_email,
+        "to": ["guest@example.com"],
+        "subject": "Your receipt",
+        "html": html,
+        "text": "Your total is $10.00 & paid.",
+        "reply_to": "billing@flavor.example",
+    }
+    assert "reply_to" not in other.body
+    assert record is not None and record.provider_message_id == first.response["id"]
+    # The same email to the same person is the same message to Resend; a different one is not.
+    key = first.headers["Idempotency-Key"]
+    assert key and again.headers["Idempotency-Key"] == key != other.headers["Idempotency-Key"]
