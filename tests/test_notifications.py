@@ -635,3 +635,28 @@ async def test_send_email_sends_html_text_reply_to_and_an_idempotency_key(direct
     # The same email to the same person is the same message to Resend; a different one is not.
     key = first.headers["Idempotency-Key"]
     assert key and again.headers["Idempotency-Key"] == key != other.headers["Idempotency-Key"]
+
+
+async def test_status_callback_url_and_client_side_rate_limit(db_url: str, fake) -> None:
+    """TWILIO_STATUS_CALLBACK_URL goes with every message; TWILIO_RATE_PER_SECOND spaces a burst."""
+    settings = provider_settings(
+        db_url,
+        fake,
+        twilio_status_callback_url="https://worker.example/webhooks/twilio/status",
+        twilio_rate_per_second=20,
+    )
+    pool = create_pool(db_url, 2)
+    await pool.open()
+    router = NotificationRouter(settings, pool)
+    try:
+        await asyncio.gather(*(send_whatsapp(f"0400 000 {n:03d}", "Hi") for n in range(30)))
+    finally:
+        await router.close()
+        await pool.close()
+    requests = fake.received("twilio")
+    assert len(requests) == 30
+    assert {r.body["StatusCallback"] for r in requests} == {"https://worker.example/webhooks/twilio/status"}
+    # A burst of 20 may go at once; the next 10 follow at 1/20 s intervals (0.5 s, less the
+    # first request's own connection set-up). Unlimited, all 30 arrive within a few ms.
+    arrivals = sorted(r.time for r in requests)
+    assert arrivals[-1] - arrivals[0] >= 0.4
