@@ -297,6 +297,20 @@ class FakeProviders:
         self.stop()
 
 
+def worker_env(url: str) -> dict[str, str]:
+    """Environment that points a worker's real twilio and resend SDKs at a fake served at `url`."""
+    return {
+        "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+        "TWILIO_AUTH_TOKEN": "fake-provider-token",
+        "TWILIO_WHATSAPP_NUMBER": "+14155238886",
+        "ADMIN_WHATSAPP": "+61400000000",
+        "TWILIO_API_BASE_URL": url,
+        "RESEND_API_KEY": "re_fake_provider",
+        "RESEND_API_URL": url,
+        "ADMIN_EMAIL": "admin@flavor.example",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Fake Twilio + Resend HTTP APIs for local runs.")
     parser.add_argument("--host", default="127.0.0.1")

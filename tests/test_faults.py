@@ -7,7 +7,7 @@ import time
 import psycopg
 
 from listener.db import LISTENER_APPLICATION_NAME
-from listener.fake_providers import FakeProviders
+from listener.fake_providers import FakeProviders, worker_env
 from tests.appdata import add_booking, add_client, add_performer, status_counts
 from tests.pgharness import PrivateServer
 from tests.waiting import wait_until
@@ -92,13 +92,7 @@ def test_sigterm_with_messages_in_flight_exits_zero_in_time_with_nothing_process
     with FakeProviders(latency=0.5) as fake:
         worker = spawn_worker(
             db_url,
-            TWILIO_ACCOUNT_SID="AC" + "0" * 32,
-            TWILIO_AUTH_TOKEN="fault-test-token",
-            TWILIO_WHATSAPP_NUMBER="+14155238886",
-            ADMIN_WHATSAPP="+61400000000",
-            TWILIO_API_BASE_URL=fake.url,
-            RESEND_API_KEY="re_fault_test",
-            RESEND_API_URL=fake.url,
+            **worker_env(fake.url),
             RESEND_RATE_PER_SECOND="1000",
             WORKER_CONCURRENCY="5",
             CLAIM_BATCH_SIZE="20",

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from listener.fake_providers import FakeProviders
+from listener.fake_providers import FakeProviders, worker_env
 from scheduler.runs import JOB_LOCK_CLASS, JOB_LOCK_IDS, MAX_TICK_ATTEMPTS, run_job_now, run_scheduled_tick
 from scheduler.service import CATCH_UP_INTERVAL_SECONDS, JobScheduler
 from scheduler.ticks import LocalCronTrigger, crontab_day_of_week, fire_times, previous_fire_time
@@ -417,16 +417,7 @@ def test_daemon_catches_up_at_startup_and_delivers_what_the_jobs_wrote(
 
     with FakeProviders() as fake:
         worker = spawn_worker(
-            db_url,
-            SCHEDULER_ENABLED="true",
-            TWILIO_ACCOUNT_SID="AC" + "0" * 32,
-            TWILIO_AUTH_TOKEN="scheduler-test-token",
-            TWILIO_WHATSAPP_NUMBER="+14155238886",
-            ADMIN_WHATSAPP="+61400000000",
-            TWILIO_API_BASE_URL=fake.url,
-            RESEND_API_KEY="re_scheduler_test",
-            RESEND_API_URL=fake.url,
-            RESEND_RATE_PER_SECOND="1000",
+            db_url, SCHEDULER_ENABLED="true", RESEND_RATE_PER_SECOND="1000", **worker_env(fake.url)
         )
 
         def delivered() -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from listener.bench.processes import REPO
+from listener.fake_providers import worker_env
 
 #: What identifies a benchmark message: a booking reference, or an OTP recipient.
 _KEY = re.compile(r"BENCH-\w+-\d+|otp-\w+-\d+@bench\.example")
@@ -67,16 +68,7 @@ class FakeProviderProcess:
 
     def worker_env(self) -> dict[str, str]:
         """Settings that point the worker's real SDKs at this fake."""
-        return {
-            "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
-            "TWILIO_AUTH_TOKEN": "bench-token",
-            "TWILIO_WHATSAPP_NUMBER": "+14155238886",
-            "ADMIN_WHATSAPP": "+61400000000",
-            "TWILIO_API_BASE_URL": self.url,
-            "RESEND_API_KEY": "re_bench",
-            "RESEND_API_URL": self.url,
-            "ADMIN_EMAIL": "admin@bench.example",
-        }
+        return worker_env(self.url)
 
     def reset(self, latency_ms: float) -> None:
         """Forget recorded requests; answer every request after `latency_ms`."""
