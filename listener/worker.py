@@ -2,13 +2,17 @@
 
 Shape of one worker process:
 
-* the claim loop waits for a wake-up (NOTIFY, the poll timer, or freed capacity), then claims
-  as many events as it has free slots (at most WORKER_CONCURRENCY in flight);
+* the claim loop waits for a wake-up (NOTIFY, the poll timer, or freed room), then claims a
+  batch: up to WORKER_CONCURRENCY events run their handlers at once and one more batch waits,
+  already claimed, so the next claim's round trip overlaps the current work;
 * each claimed event runs as its own task; its outcome goes to a buffer;
-* the flusher writes the buffered ledger rows and event outcomes in one transaction of two
-  statements, however many events finished meanwhile;
-* the heartbeat keeps this worker's claims alive and frees the claims of dead workers, so a
-  `kill -9` costs other events at most STALE_AFTER_SECONDS plus one heartbeat.
+* the flusher writes the buffered outcomes and their ledger rows in ONE statement, however many
+  events finished meanwhile; an outcome the database refuses is isolated and failed alone;
+* the heartbeat (on a connection of its own) keeps this worker's claims alive and frees the
+  claims of dead workers, so a `kill -9` costs other events at most STALE_AFTER_SECONDS plus
+  one heartbeat;
+* on stop, running handlers get SHUTDOWN_GRACE_SECONDS; claimed events that never started go
+  back to pending untouched.
 
 The handler never learns how events are claimed; this module never learns what a message says.
 """
