@@ -190,8 +190,10 @@ async def test_metrics_move_when_events_flow(db: psycopg.Connection, db_url: str
         try:
 
             async def drained() -> dict | None:
+                # The counter moves when an outcome is decided, the gauge once it is written.
                 samples = await _scrape(live)
-                return samples if samples.get(done, 0) - before.get(done, 0) == 3 else None
+                counted = samples.get(done, 0) - before.get(done, 0) == 3
+                return samples if counted and samples[pending] == 0 else None
 
             after = await async_wait_until(drained, timeout=15, message="3 events counted as done")
         finally:
