@@ -330,14 +330,21 @@ async def test_heartbeat_keeps_beating_while_the_work_pool_is_exhausted(
     db: psycopg.Connection, db_url: str
 ) -> None:
     """Jobs or a burst of deliveries holding every pooled connection must not stop the heartbeat."""
+    def last_beat() -> Any:
+        row = db.execute("SELECT heartbeat_at FROM worker.workers").fetchone()
+        return row[0] if row else None
+
+    async def registered() -> bool:
+        return last_beat() is not None
+
     async with Running(db_url, ScriptedHandler()) as running:
+        await async_wait_until(registered, timeout=10, message="the worker registered")
         held = [await running.pool.getconn() for _ in range(running.pool.max_size)]
         try:
-            before = db.execute("SELECT heartbeat_at FROM worker.workers").fetchone()
+            before = last_beat()
 
             async def beat_advanced() -> bool:
-                now = db.execute("SELECT heartbeat_at FROM worker.workers").fetchone()
-                return now is not None and before is not None and now[0] > before[0]
+                return last_beat() > before
 
             await async_wait_until(beat_advanced, timeout=5, message="a heartbeat with the pool exhausted")
         finally:
