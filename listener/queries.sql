@@ -4,11 +4,13 @@
 
 -- name: claim_batch
 -- Claim up to %(limit)s due events, oldest first; an event waits while an older one of its subject is open.
+-- %(suspects)s picks the events freed from crashed workers (claimed one at a time, run alone) or the others.
 WITH picked AS (
     SELECT e.id
     FROM worker.events e
     WHERE e.status = 'pending'
       AND e.run_at <= now()
+      AND (e.crashes > 0) = %(suspects)s::boolean
       AND NOT EXISTS (
           SELECT 1 FROM worker.events older
           WHERE older.subject_id = e.subject_id
@@ -77,14 +79,17 @@ VALUES (%(worker_id)s, %(hostname)s, %(pid)s)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
 
 -- name: release_dead_claims
--- Return to pending the events held by workers whose heartbeat stopped %(stale_seconds)s ago; an
--- event that was claimed %(max_attempts)s times and took its worker down each time fails instead.
+-- Return to pending the events held by workers whose heartbeat stopped %(stale_seconds)s ago. The
+-- crash is counted, not the attempt (nobody knows whose crash it was); an event whose worker died
+-- %(max_crashes)s times, the later ones while it ran alone as a suspect, fails instead.
 UPDATE worker.events e
-SET status = CASE WHEN e.attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
-    finished_at = CASE WHEN e.attempts >= %(max_attempts)s THEN now() END,
+SET status = CASE WHEN e.crashes + 1 >= %(max_crashes)s THEN 'failed' ELSE 'pending' END,
+    finished_at = CASE WHEN e.crashes + 1 >= %(max_crashes)s THEN now() END,
+    attempts = greatest(e.attempts - 1, 0),
+    crashes = e.crashes + 1,
     locked_by = NULL, updated_at = now(),
-    last_error = CASE WHEN e.attempts >= %(max_attempts)s
-                      THEN 'gave up: its worker stopped during each of ' || e.attempts || ' attempts'
+    last_error = CASE WHEN e.crashes + 1 >= %(max_crashes)s
+                      THEN 'gave up: its worker stopped ' || (e.crashes + 1) || ' times while handling it'
                       ELSE coalesce(e.last_error, 'released: worker ' || e.locked_by || ' stopped') END
 WHERE e.status = 'processing'
   AND NOT EXISTS (
@@ -92,6 +97,12 @@ WHERE e.status = 'processing'
       WHERE w.id = e.locked_by
         AND w.heartbeat_at > now() - make_interval(secs => %(stale_seconds)s))
 RETURNING e.id, e.kind, e.locked_by, e.status;
+
+-- name: suspects_waiting
+-- Is an event freed from a crashed worker due? (Then a worker lets its work finish and runs it alone.)
+SELECT EXISTS (
+    SELECT 1 FROM worker.events
+    WHERE status = 'pending' AND crashes > 0 AND run_at <= now());
 
 -- name: forget_dead_workers
 -- Drop the registry rows of workers silent for much longer than the stale threshold.

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     heartbeat_seconds: PositiveFloat = 2.0
     stale_after_seconds: PositiveFloat = 10.0
     max_attempts: PositiveInt = 10
+    #: Worker deaths while holding an event before it fails (after the first, it runs alone).
+    max_crashes: PositiveInt = 3
     retry_base_seconds: PositiveFloat = 2.0
     retry_max_seconds: PositiveFloat = 3600.0
     shutdown_grace_seconds: PositiveFloat = 20.0

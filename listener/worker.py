@@ -97,6 +97,10 @@ class Worker:
         self._refill_at = max(1, min(settings.claim_batch_size, self._max_claimed // 2))
         self._flushing: set[int] = set()  # ids being written right now (neither buffered nor done)
         self._liveness: psycopg.AsyncConnection | None = None
+        #: The suspect (an event freed from a crashed worker) running alone, if any, and whether
+        #: the heartbeat saw one waiting.
+        self._solo: int | None = None
+        self._suspect_waiting = False
         self._log = log.bind(worker_id=self.worker_id)
 
     # ------------------------------------------------------------------ lifecycle
@@ -138,6 +142,14 @@ class Worker:
                 await asyncio.wait_for(self.wake.wait(), self.settings.poll_interval_seconds)
             self.wake.clear()
             while not self._stopping.is_set():
+                if self._solo is not None and self._solo in self._inflight:
+                    break  # a suspect runs alone: nothing else is claimed until it is done
+                self._solo = None
+                if self._suspect_waiting:
+                    if self._inflight:
+                        break  # let what runs finish, then the suspect goes alone
+                    if await self._start_suspect():
+                        continue
                 free = self._max_claimed - len(self._inflight)
                 if free <= 0 or (self._inflight and free < self._refill_at):
                     # Under load, wait for a good share of the slots: one claim of many
@@ -155,11 +167,26 @@ class Worker:
                     break
                 await self._start(claimed)
 
-    async def _claim(self, limit: int) -> list[Event]:
+    async def _start_suspect(self) -> bool:
+        """Claim one event freed from a crashed worker and run it alone (nothing else in flight):
+        if it takes this worker down too, the crash is its own, not its neighbours'."""
+        self._suspect_waiting = False
+        try:
+            suspect = await self._claim(1, suspects=True)
+        except psycopg.Error as exc:
+            self._log.warning("worker.claim_failed", error=str(exc))
+            return False
+        if not suspect:
+            return False
+        self._solo = suspect[0].id
+        self._log.warning("event.suspect_alone", event_id=suspect[0].id, kind=suspect[0].kind)
+        await self._start(suspect)
+        return True
+
+    async def _claim(self, limit: int, suspects: bool = False) -> list[Event]:
+        params = {"limit": limit, "worker_id": self.worker_id, "suspects": suspects}
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                QUERIES["claim_batch"], {"limit": limit, "worker_id": self.worker_id}, prepare=True
-            )
+            cur = await conn.execute(QUERIES["claim_batch"], params, prepare=True)
             rows = await cur.fetchall()
         events = [Event(*row) for row in rows]
         for event in events:
@@ -335,13 +362,14 @@ class Worker:
         """Refresh our heartbeat, free dead workers' claims and expire stale pending events."""
         params = {"worker_id": self.worker_id, "hostname": socket.gethostname(), "pid": os.getpid()}
         stale = {"stale_seconds": self.settings.stale_after_seconds}
-        release = {**stale, "max_attempts": self.settings.max_attempts}
+        release = {**stale, "max_crashes": self.settings.max_crashes}
         try:
             conn = await self._liveness_connection()
             await conn.execute(QUERIES["heartbeat"], params)  # committed first, on its own
             released = await (await conn.execute(QUERIES["release_dead_claims"], release)).fetchall()
             expired = await (await conn.execute(QUERIES["expire_pending"])).fetchall()
             await conn.execute(QUERIES["forget_dead_workers"], stale)
+            waiting = await (await conn.execute(QUERIES["suspects_waiting"])).fetchone()
         except psycopg.Error as exc:
             if log_errors:
                 self._log.warning("worker.heartbeat_failed", error=str(exc))
@@ -350,14 +378,16 @@ class Worker:
         for event_id, kind, dead_worker, status in released:
             if status == "failed":
                 self._log.error("event.failed", event_id=event_id, kind=kind, dead_worker=dead_worker,
-                                error="its worker stopped during every attempt")
+                                error="its worker stopped each time it was handled")
                 METRICS.events_failed.labels(kind=kind).inc()
             else:
                 self._log.warning("event.released", event_id=event_id, kind=kind, dead_worker=dead_worker)
         for event_id, kind in expired:
             self._log.info("event.expired", event_id=event_id, kind=kind)
             METRICS.events_expired.labels(kind=kind).inc()
-        if released:
+        if waiting and waiting[0]:
+            self._suspect_waiting = True
+        if released or self._suspect_waiting:
             self.wake.set()
 
     async def _liveness_connection(self) -> psycopg.AsyncConnection:

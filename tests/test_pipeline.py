@@ -43,6 +43,8 @@ class ScriptedHandler:
         self.per_subject: dict[str | None, list[int]] = defaultdict(list)
         self.open_subjects: set[str | None] = set()
         self.overlaps: list[int] = []  # events started while another of their subject was running
+        self.alone: dict[str | None, bool] = {}  # whether each subject's last event ran by itself
+        self.running_subjects: set[str | None] = set()
 
     async def prepare(self, events: Sequence[Event]) -> None:
         return None
@@ -50,6 +52,11 @@ class ScriptedHandler:
     async def handle(self, event: Event, context: Any) -> Outcome:
         self.running += 1
         self.max_running = max(self.max_running, self.running)
+        # Alone: nothing else running when it started, and nothing started while it ran.
+        for other in self.running_subjects:
+            self.alone[other] = False
+        self.alone[event.subject_id] = not self.running_subjects
+        self.running_subjects.add(event.subject_id)
         if event.subject_id in self.open_subjects:
             self.overlaps.append(event.id)
         self.open_subjects.add(event.subject_id)
@@ -60,6 +67,7 @@ class ScriptedHandler:
             return self.script(event)
         finally:
             self.open_subjects.discard(event.subject_id)
+            self.running_subjects.discard(event.subject_id)
             self.running -= 1
 
 
@@ -247,22 +255,30 @@ async def _running(handler: ScriptedHandler) -> bool:
     return handler.running > 0
 
 
-async def test_dead_workers_claims_are_freed_and_a_crash_looping_event_fails(
+async def test_a_crashed_workers_claims_run_alone_and_only_a_repeat_offender_fails(
     db: psycopg.Connection, db_url: str
 ) -> None:
+    """Events freed from a dead worker are suspects: each runs alone, their attempt is not counted,
+    and only one whose worker died `MAX_CRASHES` times fails; ordinary events flow around them."""
     db.execute(
-        "INSERT INTO worker.events (kind, subject_id, status, attempts, locked_by, locked_at) VALUES "
-        "('booking.created', 'b1', 'processing', 1, 'dead-worker', now()),"
-        "('booking.created', 'b2', 'processing', 3, 'dead-worker', now())"
+        "INSERT INTO worker.events (kind, subject_id, status, attempts, crashes, locked_by, locked_at)"
+        " VALUES ('booking.created', 's1', 'processing', 1, 0, 'dead-worker', now()),"
+        "('booking.created', 's2', 'processing', 1, 0, 'dead-worker', now()),"
+        "('booking.created', 'poison', 'processing', 1, 2, 'dead-worker', now())"
     )
-    handler = ScriptedHandler()
-    async with Running(db_url, handler, max_attempts=3):
-        await wait_all_finished(db, 2)
+    seed_bookings(db, 30)
+    handler = ScriptedHandler(delay=0.02)
+    async with Running(db_url, handler, max_crashes=3, worker_concurrency=8):
+        await wait_all_finished(db, 33)
     by_subject = {e["subject_id"]: e for e in events(db)}
-    assert by_subject["b1"]["status"] == "done"
-    assert by_subject["b2"]["status"] == "failed"
-    assert "worker stopped during each of 3 attempts" in by_subject["b2"]["last_error"]
-    assert [e.subject_id for e in handler.handled] == ["b1"]
+    assert by_subject["poison"]["status"] == "failed"
+    assert "stopped 3 times" in by_subject["poison"]["last_error"]
+    for suspect in ("s1", "s2"):
+        assert by_subject[suspect]["status"] == "done"
+        assert by_subject[suspect]["attempts"] == 1  # the crash did not use up an attempt
+        assert handler.alone[suspect], "a suspect ran with nothing else in flight"
+    assert handler.max_running > 1  # ordinary events still ran concurrently
+    assert "poison" not in handler.per_subject
 
 
 def test_manual_retry_forgets_failed_deliveries_and_keeps_sent_ones(
