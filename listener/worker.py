@@ -11,6 +11,8 @@ Shape of one worker process:
 * the heartbeat (on a connection of its own) keeps this worker's claims alive and frees the
   claims of dead workers, so a `kill -9` costs other events at most STALE_AFTER_SECONDS plus
   one heartbeat;
+* events freed from a dead worker are suspects (sql/005): one is run only when nothing else is
+  in flight, so a crash during its run is its own and its neighbours lose nothing;
 * on stop, running handlers get SHUTDOWN_GRACE_SECONDS; claimed events that never started go
   back to pending untouched.
 
