@@ -29,3 +29,10 @@ def start_embedded_server(data_dir: Path) -> str:
     uri = server.get_uri()
     log.info("database.embedded_started", data_dir=str(data_dir))
     return uri
+
+
+def embedded_bin_dir() -> Path:
+    """The server programs shipped in the pgserver wheel (pg_ctl, pgbench, ...)."""
+    import pgserver
+
+    return Path(pgserver.__file__).parent / "pginstall" / "bin"

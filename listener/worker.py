@@ -26,7 +26,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Iterable
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -191,8 +191,8 @@ class Worker:
             cur = await conn.execute(QUERIES["claim_batch"], params, prepare=True)
             rows = await cur.fetchall()
         events = [Event(*row) for row in rows]
-        for event in events:
-            METRICS.events_claimed.labels(kind=event.kind).inc()
+        for kind, count in Counter(event.kind for event in events).items():
+            METRICS.events_claimed.labels(kind=kind).inc(count)
         if events:
             self._log.debug("event.claimed_batch", count=len(events))
         return events
@@ -230,18 +230,18 @@ class Worker:
     # ------------------------------------------------------------------ outcomes
     def _complete(self, event: Event, outcome: Outcome, status: str | None = None) -> None:
         """Turn a handler's outcome into the event's next state, then queue it for the flusher."""
-        bound = self._log.bind(event_id=event.id, kind=event.kind, subject_id=event.subject_id)
+        ids = {"event_id": event.id, "kind": event.kind, "subject_id": event.subject_id}
         error = outcome.error
         if status == "released":
             completion = Completion(event, "pending", released=True)
-            bound.info("event.unstarted_released")
+            self._log.info("event.returned_to_queue", **ids)
         elif status == "expired":
             completion = Completion(event, "expired", error="expired before delivery")
-            bound.info("event.expired")
+            self._log.info("event.expired", **ids)
             METRICS.events_expired.labels(kind=event.kind).inc()
         elif error is None:
             completion = Completion(event, "done")
-            bound.info("event.done", deliveries=len(outcome.deliveries))
+            self._log.info("event.done", **ids, deliveries=len(outcome.deliveries))
             METRICS.events_done.labels(kind=event.kind).inc()
         elif isinstance(error, TransientDeliveryError) and event.attempts < self.settings.max_attempts:
             delay = retry_delay(
@@ -251,14 +251,16 @@ class Worker:
                 retry_after=error.retry_after,
             )
             completion = Completion(event, "pending", delay=delay, error=str(error))
-            bound.warning("event.retry", attempt=event.attempts, delay_s=round(delay, 3), error=str(error))
+            self._log.warning(
+                "event.retry", **ids, attempt=event.attempts, delay_s=round(delay, 3), error=str(error)
+            )
             METRICS.events_retried.labels(kind=event.kind).inc()
         else:
             reason = str(error)
             if isinstance(error, TransientDeliveryError):
                 reason = f"gave up after {event.attempts} attempts: {reason}"
             completion = Completion(event, "failed", error=reason)
-            bound.error("event.failed", attempt=event.attempts, error=reason)
+            self._log.error("event.failed", **ids, attempt=event.attempts, error=reason)
             METRICS.events_failed.labels(kind=event.kind).inc()
         completion.payload = outcome.payload
         completion.deliveries = tuple(outcome.deliveries)
@@ -339,20 +341,10 @@ class Worker:
         finished = {c.event.id for c in self._completions} | self._flushing
         leftover = [event for eid, (event, _) in self._inflight.items() if eid not in finished]
         if leftover:
+            # Back to pending like unstarted claims; the closing flush writes them.
             self._log.warning("worker.released_unfinished", count=len(leftover))
-            await self._release(leftover)
-
-    async def _release(self, events: Iterable[Event]) -> None:
-        """Give claims back untouched: pending, due now, the attempt not counted."""
-        released = [Completion(event, "pending", released=True) for event in events]
-        try:
-            async with self.pool.connection() as conn:
-                await conn.execute(QUERIES["complete_events"], _completion_params(released, self.worker_id))
-        except psycopg.Error as exc:
-            # Still ours in the table: other workers free them once our heartbeat stops.
-            self._log.warning("worker.release_failed", error=str(exc), count=len(released))
-        for completion in released:
-            self._inflight.pop(completion.event.id, None)
+            for event in leftover:
+                self._complete(event, Outcome(), status="released")
 
     # ------------------------------------------------------------------ liveness
     async def _heartbeat_loop(self) -> None:

@@ -18,6 +18,7 @@ from listener.stream import EventStream
 from listener.worker import Worker
 from tests.appdata import status_counts
 from tests.waiting import async_wait_until
+from tests.worker_settings import fast_settings
 
 ADMIN_WHATSAPP = "+61 400 000 001"
 ADMIN_EMAIL = "Admin@Flavor.example"
@@ -28,14 +29,8 @@ RESEND_KEY = "re_secret_api_key_value"
 def provider_settings(db_url: str, fake: FakeProviders | None, **overrides: Any) -> Settings:
     """Fast worker settings; Twilio and Resend pointed at `fake` (console transport when None)."""
     values: dict[str, Any] = {
-        "database_url": db_url,
-        "poll_interval_seconds": 0.2,
-        "heartbeat_seconds": 0.5,
-        "stale_after_seconds": 3,
-        "retry_base_seconds": 0.05,
         "retry_max_seconds": 0.3,
         "worker_concurrency": 16,
-        "scheduler_enabled": False,
         "admin_whatsapp": ADMIN_WHATSAPP,
         "admin_email": ADMIN_EMAIL,
         "resend_rate_per_second": 200,
@@ -51,8 +46,7 @@ def provider_settings(db_url: str, fake: FakeProviders | None, **overrides: Any)
             "resend_api_key": RESEND_KEY,
             "resend_api_url": fake.url,
         }
-    values |= overrides
-    return Settings(_env_file=None, **values)
+    return fast_settings(db_url, **(values | overrides))
 
 
 @contextlib.asynccontextmanager

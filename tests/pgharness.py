@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from listener.embedded import start_embedded_server
+from listener.embedded import embedded_bin_dir, start_embedded_server
 
 
 def docker_answers(timeout: float = 0.2) -> bool:
@@ -86,14 +86,8 @@ class PrivateServer:
         self.data_dir = data_dir
         self.conninfo = start_embedded_server(data_dir)
 
-    @property
-    def _bin(self) -> Path:
-        import pgserver
-
-        return Path(pgserver.__file__).parent / "pginstall" / "bin"
-
     def _pg_ctl(self, *args: str) -> None:
-        command = [str(self._bin / "pg_ctl"), "-D", str(self.data_dir), "-w", *args]
+        command = [str(embedded_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-w", *args]
         if os.geteuid() == 0:  # pgserver runs the server as its own unprivileged user
             command = ["runuser", "-u", "pgserver", "--", *command]
         # The server inherits pg_ctl's stdout: never a pipe, or pg_ctl's caller waits forever.

@@ -23,11 +23,11 @@ from handlers.contract import (
 )
 from listener import admin
 from listener.db import create_pool
-from listener.settings import Settings
 from listener.stream import EventStream
 from listener.worker import Worker
 from tests.appdata import add_booking, add_client, add_performer, events, status_counts
 from tests.waiting import async_wait_until
+from tests.worker_settings import fast_settings
 
 
 class ScriptedHandler:
@@ -69,21 +69,6 @@ class ScriptedHandler:
             self.open_subjects.discard(event.subject_id)
             self.running_subjects.discard(event.subject_id)
             self.running -= 1
-
-
-def fast_settings(db_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "database_url": db_url,
-        "poll_interval_seconds": 0.2,
-        "heartbeat_seconds": 0.5,
-        "stale_after_seconds": 3,
-        "retry_base_seconds": 0.05,
-        "retry_max_seconds": 0.2,
-        "worker_concurrency": 8,
-        "scheduler_enabled": False,
-        **overrides,
-    }
-    return Settings(_env_file=None, **values)
 
 
 class Running:

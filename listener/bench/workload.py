@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psycopg
 
+from listener.embedded import embedded_bin_dir
+
 #: References of benchmark bookings: `BENCH-<run>-<n>`; messages are matched back by them.
 REFERENCE = "BENCH-{run}-{n}"
 
@@ -139,9 +141,7 @@ def pgbench_binary() -> str:
     found = shutil.which("pgbench")
     if found:
         return found
-    import pgserver
-
-    return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / "pgbench")
+    return str(embedded_bin_dir() / "pgbench")
 
 
 _STATUS_FLIP = """\\set n random(1, {count})
