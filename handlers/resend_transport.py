@@ -82,8 +82,7 @@ class ResendEmail:
         self.http = _PooledResendClient(
             settings.provider_timeout_seconds, provider_connection_limit(settings)
         )
-        key = settings.resend_api_key
-        resend.api_key = key.get_secret_value() if key else None
+        resend.api_key = settings.resend_api_key
         # resend reads RESEND_API_URL only at import; the settings are the truth.
         resend.api_url = (settings.resend_api_url or "https://api.resend.com").rstrip("/")
         resend.default_async_http_client = self.http

@@ -96,11 +96,8 @@ class TwilioWhatsApp:
     def _twilio(self) -> TwilioClient:
         if self._client is None:  # aiohttp needs the running loop: create on first use, then reuse
             self._http = _TwilioHttpClient(provider_connection_limit(self.settings))
-            token = self.settings.twilio_auth_token
             self._client = TwilioClient(
-                self.settings.twilio_account_sid,
-                token.get_secret_value() if token else None,
-                http_client=self._http,
+                self.settings.twilio_account_sid, self.settings.twilio_auth_token, http_client=self._http
             )
         return self._client
 

@@ -49,10 +49,10 @@ def _settings_problems(settings: Settings) -> list[str]:
         problems.append("ADMIN_WHATSAPP is not set: admin WhatsApp alerts cannot be sent")
     if settings.resend_configured and not settings.admin_email:
         problems.append("ADMIN_EMAIL is not set: admin emails cannot be sent")
-    if settings.cron_secret is None:
+    if not settings.cron_secret:
         if settings.port:
             problems.append("CRON_SECRET is not set: the /api/cron endpoints answer 503")
-    elif len(settings.cron_secret.get_secret_value()) < 32:
+    elif len(settings.cron_secret) < 32:
         problems.append("CRON_SECRET is too short: use at least 32 random characters")
     problems.extend(_webhook_problems(settings))
     return problems

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -28,12 +29,11 @@ STATUSES = ("approved", "deposit_uploaded", "deposit_verified", "accepted", "can
 
 def demo_settings(settings: Settings) -> Settings:
     """Console transports always (the demo never messages anyone); sample admin contacts if unset."""
-    return settings.model_copy(
-        update={
-            "message_transport": "console",
-            "admin_whatsapp": settings.admin_whatsapp or "+61400000000",
-            "admin_email": settings.admin_email or "admin@flavorentertainers.com.au",
-        }
+    return replace(
+        settings,
+        message_transport="console",
+        admin_whatsapp=settings.admin_whatsapp or "+61400000000",
+        admin_email=settings.admin_email or "admin@flavorentertainers.com.au",
     )
 
 

@@ -3,43 +3,87 @@
 One class, so a reader finds where a knob comes from in one place. The seed's names
 (TWILIO_*, RESEND_API_KEY, ADMIN_*, FROM_EMAIL, CRON_SECRET, NEXT_PUBLIC_APP_URL) are kept
 as they are so an existing deployment's config vars carry over unchanged.
+
+Each field is read from the upper-cased variable of its name by environs, which parses it by
+the field's type and checks the constraints in its `Annotated` metadata, and reports every bad
+variable at once. (pydantic-settings did this too, but pydantic and its compiled core cost a
+dyno about 10 MB of resident memory for this one class.)
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
+import os
 import sys
+import types
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC
-from functools import cached_property
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
+from environs import Env, EnvValidationError
+from marshmallow import ValidationError
+from marshmallow.validate import OneOf, Range
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from scheduler.ticks import LocalCronTrigger
 
 #: Exit code for a configuration error (as `sysexits` EX_USAGE-ish; 1 stays "runtime failure").
 CONFIG_ERROR_EXIT = 2
 
-PositiveFloat = Annotated[float, Field(gt=0)]
-PositiveInt = Annotated[int, Field(gt=0)]
+
+def _known_timezone(value: str) -> None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError("unknown IANA time zone") from exc
 
 
-class Settings(BaseSettings):
-    """The worker's configuration. Field names map to upper-case environment variables."""
+def _valid_crontab(value: str) -> None:
+    try:
+        LocalCronTrigger(value, UTC)
+    except ValueError as exc:
+        raise ValidationError(f"not a crontab expression: {exc}") from exc
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+def _string_to_string(value: dict[str, str]) -> None:
+    if not isinstance(value, dict) or not all(
+        isinstance(key, str) and isinstance(item, str) for key, item in value.items()
+    ):
+        raise ValidationError('must be a JSON object of strings, e.g. {"booking_approved": "HX..."}')
+
+
+PositiveInt = Annotated[int, Range(min=1)]
+PositiveFloat = Annotated[float, Range(min=0, min_inclusive=False)]
+Port = Annotated[int, Range(min=1, max=65535)]
+Crontab = Annotated[str, _valid_crontab]
+TimeZoneName = Annotated[str, _known_timezone]
+StringMap = Annotated[dict[str, str], _string_to_string]
+
+
+class SettingsError(ValueError):
+    """A rule across several settings is broken; the message names them."""
+
+
+def _secret() -> Any:
+    """A credential: unset by default and never shown by `repr` (nor in error lines)."""
+    return field(default=None, repr=False)
+
+
+@dataclass(kw_only=True)
+class Settings:
+    """The worker's configuration. Field names map to upper-case environment variables.
+
+    `Settings(...)` takes values as given (tests, the demo); `Settings.from_env()` reads and
+    validates the environment.
+    """
 
     # --- database -----------------------------------------------------------------------
-    database_url: str | None = None
+    database_url: str | None = _secret()
     embedded_data_dir: str = ".data/postgres"
     #: Server on which `flavor-worker bench` creates its scratch databases (else an embedded one).
-    bench_database_url: str | None = None
-
+    bench_database_url: str | None = _secret()
     # --- logging ------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -60,18 +104,18 @@ class Settings(BaseSettings):
 
     # --- Twilio / WhatsApp (seed names) -------------------------------------------------
     twilio_account_sid: str | None = None
-    twilio_auth_token: SecretStr | None = None
+    twilio_auth_token: str | None = _secret()
     twilio_whatsapp_number: str | None = None
     admin_whatsapp: str | None = None
     twilio_api_base_url: str | None = None
     twilio_status_callback_url: str | None = None
     twilio_rate_per_second: PositiveFloat = 50.0
     #: JSON object: message kind -> Twilio Content SID (approved WhatsApp template).
-    whatsapp_content_templates: dict[str, str] = Field(default_factory=dict)
+    whatsapp_content_templates: StringMap = field(default_factory=dict)
     default_phone_region: str = "AU"
 
     # --- Resend / email (seed names) ----------------------------------------------------
-    resend_api_key: SecretStr | None = None
+    resend_api_key: str | None = _secret()
     admin_email: str | None = None
     from_email: str = "bookings@flavorentertainers.com.au"
     resend_api_url: str | None = None
@@ -83,78 +127,65 @@ class Settings(BaseSettings):
 
     # --- app ----------------------------------------------------------------------------
     next_public_app_url: str = "http://localhost:3000"
-    cron_secret: SecretStr | None = None
+    cron_secret: str | None = _secret()
 
     # --- scheduler ----------------------------------------------------------------------
     scheduler_enabled: bool = True
-    cleanup_schedule: str = "0 2 * * *"
-    reminder_schedule: str = "0 * * * *"
-    scheduler_timezone: str = "UTC"
+    cleanup_schedule: Crontab = "0 2 * * *"
+    reminder_schedule: Crontab = "0 * * * *"
+    scheduler_timezone: TimeZoneName = "UTC"
     misfire_grace_seconds: PositiveInt = 3600
     stale_booking_hours: PositiveFloat = 24.0
     notification_retention_days: PositiveInt = 30
     audit_log_retention_days: PositiveInt = 90
-    critical_audit_categories: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["security", "fraud", "dispute"]
-    )
+    #: Comma-separated.
+    critical_audit_categories: list[str] = field(default_factory=lambda: ["security", "fraud", "dispute"])
     booking_reminder_hours: PositiveFloat = 24.0
     payment_reminder_days: PositiveFloat = 3.0
     worker_retention_days: PositiveInt = 14
     cleanup_batch_size: PositiveInt = 1000
 
     # --- HTTP surface -------------------------------------------------------------------
-    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    port: Port | None = None
     webhook_base_url: str | None = None
     health_max_pending_age_seconds: PositiveFloat = 300.0
 
-    @field_validator("critical_audit_categories", mode="before")
-    @classmethod
-    def _split_categories(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("scheduler_timezone")
-    @classmethod
-    def _known_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
-        return value
-
-    @field_validator("cleanup_schedule", "reminder_schedule")
-    @classmethod
-    def _valid_crontab(cls, value: str) -> str:
-        try:
-            LocalCronTrigger(value, UTC)
-        except ValueError as exc:
-            raise ValueError(f"not a crontab expression ({exc})") from exc
-        return value
-
-    @field_validator("default_phone_region")
-    @classmethod
-    def _region_upper(cls, value: str) -> str:
-        return value.upper()
-
-    @model_validator(mode="after")
-    def _retention_outlives_reminder_windows(self) -> Settings:
+    def __post_init__(self) -> None:
+        self.default_phone_region = self.default_phone_region.upper()
+        self.critical_audit_categories = [
+            part.strip() for part in self.critical_audit_categories if part.strip()
+        ]
         # A reminder's event row is its "already sent" mark: pruned inside the window, the
         # next hourly run would send the reminder again.
         window_days = max(self.booking_reminder_hours / 24, self.payment_reminder_days)
         if self.worker_retention_days <= window_days:
-            raise ValueError(
+            raise SettingsError(
                 f"WORKER_RETENTION_DAYS ({self.worker_retention_days}) must be longer than the reminder"
                 f" windows ({window_days:g} days), or reminders would be sent again"
             )
-        return self
+
+    @classmethod
+    def from_env(cls, env_file: str | None = ".env") -> Settings:
+        """Read every field from the environment (and `env_file`, which never overrides it).
+
+        Raises `EnvValidationError` naming every bad variable, or `SettingsError`.
+        """
+        env = Env(eager=False)
+        if env_file:
+            env.read_env(env_file, recurse=False)
+        hints = get_type_hints(cls, include_extras=True)
+        values = {}
+        for setting in fields(cls):
+            default = setting.default_factory() if setting.default is MISSING else setting.default  # type: ignore[misc]
+            parser, validators = _reader(hints[setting.name])
+            values[setting.name] = getattr(env, parser)(setting.name.upper(), default, validate=validators)
+        env.seal()
+        return cls(**values)
 
     def secret_values(self) -> list[str]:
         """The configured secrets' values, for the log redaction to mask literally."""
         values = [
-            secret.get_secret_value()
-            for secret in (self.twilio_auth_token, self.resend_api_key, self.cron_secret)
-            if secret is not None
+            secret for secret in (self.twilio_auth_token, self.resend_api_key, self.cron_secret) if secret
         ]
         for url in (self.database_url, self.bench_database_url):
             with contextlib.suppress(psycopg.ProgrammingError):  # unparseable: nothing to take
@@ -163,40 +194,58 @@ class Settings(BaseSettings):
                     values.append(str(password))
         return values
 
-    @cached_property
+    @property
     def twilio_configured(self) -> bool:
         """WhatsApp goes to Twilio only with a full set of credentials; else the console."""
         return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_whatsapp_number)
 
-    @cached_property
+    @property
     def resend_configured(self) -> bool:
-        return self.resend_api_key is not None and bool(self.resend_api_key.get_secret_value())
+        return bool(self.resend_api_key)
 
 
-def describe_validation_error(error: ValidationError) -> list[str]:
+#: environs parser by field type; anything else is read as a string.
+_PARSERS: dict[Any, str] = {int: "int", float: "float", bool: "bool", dict: "json", list: "list"}
+
+
+def _reader(annotation: Any) -> tuple[str, list[Any]]:
+    """The environs parser and validators for a field's type: `Port | None` reads as an int
+    checked by Port's range, `Literal[...]` as a string that must be one of its values."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        [inner] = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return _reader(inner)
+    if origin is Annotated:
+        base, *constraints = get_args(annotation)
+        parser, validators = _reader(base)
+        return parser, [*validators, *constraints]
+    if origin is Literal:
+        return "str", [OneOf(get_args(annotation))]
+    return _PARSERS.get(origin or annotation, "str"), []
+
+
+def _is_secret(name: str) -> bool:
+    return any(word in name for word in ("TOKEN", "KEY", "SECRET", "PASSWORD", "URL"))
+
+
+def describe_invalid_settings(error: EnvValidationError) -> list[str]:
     """One line per bad variable, naming it; the offending value only for non-secrets."""
     lines = []
-    for item in error.errors():
-        if not item["loc"]:  # a rule across several settings: its message names them
-            lines.append(f"configuration error: {item['msg'].removeprefix('Value error, ')}")
-            continue
-        name = str(item["loc"][0]).upper()
-        secret = any(word in name for word in ("TOKEN", "KEY", "SECRET", "PASSWORD", "URL"))
-        shown = "" if secret or "input" not in item else f" (got {item['input']!r})"
-        lines.append(f"configuration error: {name}: {item['msg']}{shown}")
+    for name, messages in error.error_messages.items():
+        value = os.environ.get(name)
+        shown = "" if _is_secret(name) or value is None else f" (got {value!r})"
+        lines.append(f"configuration error: {name}: {' '.join(messages)}{shown}")
     return lines
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings() -> Settings:
     """Read the settings or exit with code 2 and one readable line per problem."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as error:
-        lines = describe_validation_error(error)
-    except SettingsError as error:  # a complex value (JSON) that does not even parse
-        field = re.search(r'field "(\w+)"', str(error))
-        name = field.group(1).upper() if field else "settings"
-        lines = [f"configuration error: {name}: not valid JSON"]
+        return Settings.from_env()
+    except EnvValidationError as error:
+        lines = describe_invalid_settings(error)
+    except SettingsError as error:  # a rule across several settings: its message names them
+        lines = [f"configuration error: {error}"]
     for line in lines:
         print(line, file=sys.stderr)
     raise SystemExit(CONFIG_ERROR_EXIT)

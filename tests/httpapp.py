@@ -37,7 +37,7 @@ async def live_surface(
     `with_scheduler` gives the surface a real `JobScheduler`, not started: the test drives it.
     """
     values: dict[str, Any] = {"database_url": db_url, "scheduler_enabled": with_scheduler, **overrides}
-    settings = Settings(_env_file=None, **values)
+    settings = Settings(**values)
     pool = create_pool(db_url, 4)
     await pool.open()
     scheduler = JobScheduler(pool, settings) if with_scheduler else None

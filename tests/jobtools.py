@@ -24,7 +24,7 @@ def fixed_clock(moment: datetime = NOW) -> Any:
 
 def job_settings(db_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"database_url": db_url, "scheduler_enabled": False, **overrides}
-    return Settings(_env_file=None, **values)
+    return Settings(**values)
 
 
 @contextlib.asynccontextmanager

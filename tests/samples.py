@@ -72,6 +72,6 @@ def event_data(**booking_values: object) -> EventData:
 
 
 def null_dispatcher() -> Dispatcher:
-    settings = Settings(_env_file=None, admin_whatsapp="+61400000001", admin_email="admin@example.com")
+    settings = Settings(admin_whatsapp="+61400000001", admin_email="admin@example.com")
     null = NullTransport()
     return Dispatcher(settings, {"whatsapp": null, "email": null, "in_app": null})

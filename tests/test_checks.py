@@ -22,7 +22,7 @@ GOOD_SECRET = "x" * 40
 
 
 def settings_for(database_url: str | None, **values: Any) -> Settings:
-    return Settings(_env_file=None, database_url=database_url, **values)
+    return Settings(database_url=database_url, **values)
 
 
 def run_check_cli(**env: str) -> subprocess.CompletedProcess[str]:

@@ -372,6 +372,6 @@ def test_fly_toml_runs_the_worker_and_checks_routes_that_exist() -> None:
     service = config["http_service"]
     assert service["internal_port"] == int(config["env"]["PORT"]) == config["metrics"]["port"]
     assert service["processes"] == ["worker"] and service["auto_stop_machines"] == "off"
-    assert config["kill_timeout"] > Settings.model_fields["shutdown_grace_seconds"].default
+    assert config["kill_timeout"] > Settings().shutdown_grace_seconds
     paths = {route.path for route in probe_routes()}
     assert {service["checks"][0]["path"], config["metrics"]["path"]} <= paths

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import structlog
 
@@ -29,10 +30,23 @@ def test_invalid_setting_is_one_line_naming_the_variable_and_exit_2() -> None:
     result = run_cli("check", WORKER_CONCURRENCY="lots", DATABASE_URL="postgresql://x@127.0.0.1:1/x")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "configuration error: WORKER_CONCURRENCY: Input should be a valid integer, "
-        "unable to parse string as an integer (got 'lots')"
+        "configuration error: WORKER_CONCURRENCY: Not a valid integer. (got 'lots')"
     ]
     assert "Traceback" not in result.stderr
+
+
+def test_every_bad_variable_is_reported_at_once() -> None:
+    result = run_cli(
+        "check", PORT="70000", LOG_LEVEL="LOUD", POLL_INTERVAL_SECONDS="0", SCHEDULER_ENABLED="maybe"
+    )
+    assert result.returncode == 2
+    assert sorted(result.stderr.strip().splitlines()) == [
+        "configuration error: LOG_LEVEL: Must be one of: DEBUG, INFO, WARNING, ERROR, CRITICAL. (got 'LOUD')",
+        "configuration error: POLL_INTERVAL_SECONDS: Must be greater than 0. (got '0')",
+        "configuration error: PORT: Must be greater than or equal to 1 and less than or equal to 65535."
+        " (got '70000')",
+        "configuration error: SCHEDULER_ENABLED: Not a valid boolean. (got 'maybe')",
+    ]
 
 
 def test_secret_values_are_not_echoed_in_errors() -> None:
@@ -40,6 +54,20 @@ def test_secret_values_are_not_echoed_in_errors() -> None:
     assert result.returncode == 2
     assert "Mars/Olympus" in result.stderr
     assert "s3cr3t-value" not in result.stderr + result.stdout
+
+
+def test_dotenv_file_fills_in_but_never_overrides_the_environment(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("WORKER_CONCURRENCY=7\nFROM_EMAIL=dotenv@example.com\n")
+    script = (
+        "import json; from listener.settings import load_settings; s = load_settings();"
+        " print(json.dumps([s.worker_concurrency, s.from_email]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("WORKER_CONCURRENCY", "FROM_EMAIL")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env={**env, "FROM_EMAIL": "env@example.com"},
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert json.loads(result.stdout) == [7, "env@example.com"]
 
 
 def capture_logs(fmt: str = "json") -> io.StringIO:
@@ -87,8 +115,14 @@ def test_unparseable_json_setting_is_one_line_and_exit_2() -> None:
     result = run_cli("check", WHATSAPP_CONTENT_TEMPLATES="{bad")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "configuration error: WHATSAPP_CONTENT_TEMPLATES: not valid JSON"
+        "configuration error: WHATSAPP_CONTENT_TEMPLATES: Not valid JSON. (got '{bad')"
     ]
+
+
+def test_json_setting_of_the_wrong_shape_is_refused() -> None:
+    result = run_cli("check", WHATSAPP_CONTENT_TEMPLATES='["HX123"]')
+    assert result.returncode == 2
+    assert "WHATSAPP_CONTENT_TEMPLATES: must be a JSON object of strings" in result.stderr
 
 
 def test_unreachable_database_is_one_line_and_exit_1() -> None:

@@ -20,4 +20,4 @@ def fast_settings(db_url: str, **overrides: Any) -> Settings:
         "scheduler_enabled": False,
         **overrides,
     }
-    return Settings(_env_file=None, **values)
+    return Settings(**values)

@@ -31,10 +31,10 @@ def _cron_endpoint(job: str):  # type: ignore[no-untyped-def]
     async def endpoint(request: Request) -> JSONResponse:
         surface: Surface = request.app.state.surface
         secret = surface.settings.cron_secret
-        if secret is None or not secret.get_secret_value():
+        if not secret:
             log.warning("http.cron_disabled", job=job)
             return JSONResponse({"error": "CRON_SECRET is not configured"}, status_code=503)
-        if not bearer_token_matches(request.headers.get("authorization"), secret.get_secret_value()):
+        if not bearer_token_matches(request.headers.get("authorization"), secret):
             log.warning("http.cron_unauthorized", job=job)
             return JSONResponse({"error": "Unauthorized"}, status_code=401)
         log.info("http.cron_run", job=job)

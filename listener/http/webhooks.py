@@ -44,13 +44,13 @@ async def _signed_form(request: Request) -> FormData | Response:
     """The request's form fields when its signature is valid; else the response to send."""
     surface: Surface = request.app.state.surface
     token = surface.settings.twilio_auth_token
-    if token is None or not token.get_secret_value():
+    if not token:
         log.warning("http.twilio_webhook_disabled", path=request.url.path)
         return PlainTextResponse("TWILIO_AUTH_TOKEN is not configured", status_code=503)
     form = await request.form()
     signature = request.headers.get("x-twilio-signature")
     url = signed_url(request, surface.settings.webhook_base_url)
-    if not signature or not RequestValidator(token.get_secret_value()).validate(url, form, signature):
+    if not signature or not RequestValidator(token).validate(url, form, signature):
         log.warning("http.twilio_signature_invalid", path=request.url.path, signature_present=bool(signature))
         return PlainTextResponse("invalid signature", status_code=403)
     return form
