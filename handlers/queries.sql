@@ -1,4 +1,5 @@
 -- The handlers' queries, each under a `-- name: <name>` header (loaded by handlers.router).
+-- Arrays are bound in binary (`%(name)b`), as in listener/queries.sql.
 
 -- name: load_event_context
 -- One row per event of a batch: its booking with both parties, its OTP, its vetting application, and what the ledger already holds for it.
@@ -11,8 +12,8 @@ SELECT i.event_id,
        v.id::text, v.full_name, v.stage_name, v.email, v.phone, v.status, v.review_notes,
        ARRAY(SELECT d.channel || ' ' || d.recipient
              FROM worker.deliveries d WHERE d.event_id = i.event_id) AS ledger
-FROM unnest(%(event_ids)s::bigint[], %(booking_ids)s::uuid[], %(otp_ids)s::uuid[],
-            %(application_ids)s::uuid[]) AS i(event_id, booking_id, otp_id, application_id)
+FROM unnest(%(event_ids)b::bigint[], %(booking_ids)b::uuid[], %(otp_ids)b::uuid[],
+            %(application_ids)b::uuid[]) AS i(event_id, booking_id, otp_id, application_id)
 LEFT JOIN public.bookings b ON b.id = i.booking_id
 LEFT JOIN public.clients c ON c.id = b.client_id
 LEFT JOIN public.performers p ON p.id = b.performer_id
