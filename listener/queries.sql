@@ -5,29 +5,8 @@
 -- cost of a batch's completion.
 
 -- name: claim_batch
--- Claim up to %(limit)s due events, oldest first; an event waits while an older one of its subject is open.
--- %(suspects)s picks the events freed from crashed workers (claimed one at a time, run alone) or the others.
-WITH picked AS (
-    SELECT e.id
-    FROM worker.events e
-    WHERE e.status = 'pending'
-      AND e.run_at <= now()
-      AND (e.crashes > 0) = %(suspects)s::boolean
-      AND NOT EXISTS (
-          SELECT 1 FROM worker.events older
-          WHERE older.subject_id = e.subject_id
-            AND older.id < e.id
-            AND older.status IN ('pending', 'processing'))
-    ORDER BY e.id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE worker.events e
-SET status = 'processing', attempts = e.attempts + 1,
-    locked_by = %(worker_id)s, locked_at = now(), updated_at = now()
-FROM picked
-WHERE e.id = picked.id
-RETURNING e.id, e.kind, e.subject_id, e.payload, e.attempts, e.expires_at, e.created_at;
+-- Claim up to %(limit)s due events, oldest first, subject by subject (sql/006: the plan is pinned).
+SELECT * FROM worker.claim_events(%(worker_id)s::text, %(limit)s::integer, %(suspects)s::boolean);
 
 -- name: complete_events
 -- Record a batch's outcomes and its ledger rows in ONE statement (atomic, one round trip).
