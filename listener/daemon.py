@@ -62,10 +62,13 @@ def settle_garbage_collector() -> None:
 
     A long-lived daemon's start-up objects (modules, SDKs, templates) never die; without this,
     every full collection walks them all and stalls the event loop for tens of milliseconds,
-    which shows up directly as message latency.
+    which shows up directly as message latency. The youngest generation is collected every
+    10,000 allocations rather than 700: each message allocates hundreds of short-lived
+    containers, and at the default, collections cost a drain a tenth of its throughput.
     """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 async def run_daemon(settings: Settings, conninfo: str) -> None:

@@ -92,9 +92,12 @@ class Worker:
         self._closing = False
         #: Handler runs at once; claimed events beyond it wait their turn in this process.
         self._running = asyncio.Semaphore(settings.worker_concurrency)
-        #: Claimed-but-unfinished events at most: the running ones plus one batch ready to go,
-        #: so the next batch's claim round trip overlaps the current batch's work.
+        #: Claimed-but-unhandled events at most: the running ones plus one batch ready to go,
+        #: so the next batch's claim round trip overlaps the current batch's work. A handled
+        #: event waiting for the flusher holds no slot (its write overlaps the next claim);
+        #: but no more than twice this many are held in all, whatever the flusher's pace.
         self._max_claimed = settings.worker_concurrency + settings.claim_batch_size
+        self._unhandled = 0
         #: Free room worth a claim while events are in flight (idle: any room is).
         self._refill_at = max(1, min(settings.claim_batch_size, self._max_claimed // 2))
         self._flushing: set[int] = set()  # ids being written right now (neither buffered nor done)
@@ -152,11 +155,15 @@ class Worker:
                         break  # let what runs finish, then the suspect goes alone
                     if await self._start_suspect():
                         continue
-                free = self._max_claimed - len(self._inflight)
-                if free <= 0 or (self._inflight and free < self._refill_at):
+                free = self._max_claimed - self._unhandled
+                if (
+                    free <= 0
+                    or (self._unhandled and free < self._refill_at)
+                    or len(self._inflight) >= 2 * self._max_claimed
+                ):
                     # Under load, wait for a good share of the slots: one claim of many
                     # events costs one round trip and one commit, like a claim of one.
-                    break  # a flush frees slots and wakes us
+                    break  # handlers finishing (or a flush) free slots and wake us
                 try:
                     claimed = await self._claim(min(free, self.settings.claim_batch_size))
                     failures = 0
@@ -212,20 +219,26 @@ class Worker:
                 continue
             task = asyncio.create_task(self._handle(event, context), name=f"event-{event.id}")
             self._inflight[event.id] = (event, task)
+            self._unhandled += 1
 
     async def _handle(self, event: Event, context: Any) -> None:
-        async with self._running:
-            if self._stopping.is_set():  # claimed but never started: give it back untouched
-                self._complete(event, Outcome(), status="released")
-                return
-            try:
-                outcome = await self.handler.handle(event, context)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a handler bug must not kill the daemon; retry it later
-                log.exception("event.handler_crashed", event_id=event.id, kind=event.kind)
-                outcome = Outcome(error=TransientDeliveryError(f"{type(exc).__name__}: {exc}"))
-        self._complete(event, outcome)
+        try:
+            async with self._running:
+                if self._stopping.is_set():  # claimed but never started: give it back untouched
+                    self._complete(event, Outcome(), status="released")
+                    return
+                try:
+                    outcome = await self.handler.handle(event, context)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a handler bug must not kill the daemon; retry it later
+                    log.exception("event.handler_crashed", event_id=event.id, kind=event.kind)
+                    outcome = Outcome(error=TransientDeliveryError(f"{type(exc).__name__}: {exc}"))
+            self._complete(event, outcome)
+        finally:
+            self._unhandled -= 1
+            if self._max_claimed - self._unhandled == self._refill_at:
+                self.wake.set()  # room for a claim worth its round trip
 
     # ------------------------------------------------------------------ outcomes
     def _complete(self, event: Event, outcome: Outcome, status: str | None = None) -> None:
