@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from listener.bench.cli import figure_ranges, median_figures
 from tests.processes import REPO
 
 
@@ -40,3 +41,16 @@ def test_bench_table_names_the_machine(pg_admin: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("machine: ")
     assert "drain_null" in result.stdout and "events_per_s" in result.stdout
+
+
+def test_repeated_runs_report_each_figures_median_and_range() -> None:
+    runs = [
+        {"events": 100, "events_per_s": 3900.0, "sdk": {"p99_ms": 30.0}, "target_p99_ms": 25, "ok": True},
+        {"events": 100, "events_per_s": 4200.0, "sdk": {"p99_ms": 12.0}, "target_p99_ms": 25, "ok": True},
+        {"events": 100, "events_per_s": 4100.0, "sdk": {"p99_ms": 14.0}, "target_p99_ms": 25, "ok": True},
+    ]
+    assert median_figures(runs) == {
+        "events": 100, "events_per_s": 4100.0, "sdk": {"p99_ms": 14.0}, "target_p99_ms": 25, "ok": True
+    }
+    assert figure_ranges(runs) == {"events_per_s": [3900.0, 4200.0], "sdk": {"p99_ms": [12.0, 30.0]}}
+    assert median_figures(runs[:1]) == runs[0] and figure_ranges(runs[:1]) == {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable
@@ -48,14 +49,19 @@ def _cpu_model() -> str:
 @click.option("--quick", is_flag=True, help="Small sizes: seconds, for a CI smoke run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--only", multiple=True, type=click.Choice(SCENARIOS), help="Run only these scenarios.")
-def bench(quick: bool, as_json: bool, only: tuple[str, ...]) -> None:
+@click.option(
+    "--repeat", default=1, show_default=True, type=click.IntRange(min=1),
+    help="Run each scenario this many times; report each figure's median and range.",
+)
+def bench(quick: bool, as_json: bool, only: tuple[str, ...], repeat: int) -> None:
     """Measure drain rate, commit-to-provider latency, slow-provider throughput, memory, headroom."""
     settings = load_settings()
     configure_logging("WARNING", "console", sys.stderr)
     admin = settings.bench_database_url or start_embedded_server(Path(".data/bench-postgres"))
     sizes = scenarios.Sizes.quick() if quick else scenarios.Sizes.full()
     chosen = set(only or SCENARIOS)
-    results: dict[str, Any] = {"machine": machine_info(admin), "quick": quick}
+    results: dict[str, Any] = {"machine": machine_info(admin), "quick": quick, "repeat": repeat}
+    ranges: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="flavor-bench-") as workdir:
         bench_run = scenarios.Bench(admin, Path(workdir), sizes)
         with FakeProviderProcess(Path(workdir)) as provider:
@@ -71,29 +77,77 @@ def bench(quick: bool, as_json: bool, only: tuple[str, ...]) -> None:
             ]
             for group, name, run in plan:
                 if group in chosen:
-                    click.echo(f"running {name} ...", err=True)
-                    results[name] = run()
+                    runs = []
+                    for number in range(1, repeat + 1):
+                        click.echo(f"running {name} ({number}/{repeat}) ...", err=True)
+                        runs.append(run())
+                    results[name] = median_figures(runs)
+                    if repeat > 1:
+                        ranges[name] = figure_ranges(runs)
+    if ranges:
+        results["ranges"] = ranges
     click.echo(json.dumps(results, indent=2) if as_json else render_table(results))
+
+
+def _is_figure(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One scenario's figures over several runs: each number's median (a noisy machine's one
+    bad or lucky run moves no figure); anything else as the first run gave it."""
+    combined: dict[str, Any] = {}
+    for key, first in runs[0].items():
+        values = [run[key] for run in runs]
+        if isinstance(first, dict):
+            combined[key] = median_figures(values)
+        elif all(_is_figure(value) for value in values) and min(values) != max(values):
+            combined[key] = round(statistics.median(values), 2)
+        else:
+            combined[key] = first
+    return combined
+
+
+def figure_ranges(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lowest and highest value of every number that varied between the runs."""
+    spread: dict[str, Any] = {}
+    for key, first in runs[0].items():
+        values = [run[key] for run in runs]
+        if isinstance(first, dict):
+            inner = figure_ranges(values)
+            if inner:
+                spread[key] = inner
+        elif all(_is_figure(value) for value in values) and min(values) != max(values):
+            spread[key] = [min(values), max(values)]
+    return spread
 
 
 def render_table(results: dict[str, Any]) -> str:
     """A plain table: scenario, figure, value and target where one applies."""
     m = results["machine"]
+    repeat = results["repeat"]
     lines = [
         f"machine: {m['cores']} cores ({m['cpu']}), PostgreSQL {m['postgres']}, Python {m['python']}"
-        + ("  [quick sizes]" if results["quick"] else ""),
+        + ("  [quick sizes]" if results["quick"] else "")
+        + (f"  [median of {repeat} runs]" if repeat > 1 else ""),
         "",
-        f"{'scenario':<18} {'figure':<28} {'value':>12} {'target':>12}",
-        "-" * 74,
+        f"{'scenario':<18} {'figure':<28} {'value':>12} {'target':>12}"
+        + (f"  {'range':<20}" if repeat > 1 else ""),
+        "-" * (96 if repeat > 1 else 74),
     ]
+    ranges = dict(_flatten(results.get("ranges", {})))
     for name, figures in results.items():
-        if not isinstance(figures, dict) or name == "machine":
+        if not isinstance(figures, dict) or name in ("machine", "ranges"):
             continue
         for key, value in _flatten(figures):
-            if key.endswith("target_events_per_s") or "target" in key:
+            if "target" in key:
                 continue
             target = _target_for(figures, key)
-            lines.append(f"{name:<18} {key:<28} {value!s:>12} {target:>12}")
+            line = f"{name:<18} {key:<28} {value!s:>12} {target:>12}"
+            low_high = ranges.get(f"{name}.{key}")
+            if low_high:
+                line += f"  {low_high[0]} .. {low_high[1]}"
+            lines.append(line.rstrip())
     return "\n".join(lines)
 
 
