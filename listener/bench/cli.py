@@ -82,8 +82,8 @@ def bench(quick: bool, as_json: bool, only: tuple[str, ...], repeat: int) -> Non
                         click.echo(f"running {name} ({number}/{repeat}) ...", err=True)
                         runs.append(run())
                     results[name] = median_figures(runs)
-                    if repeat > 1:
-                        ranges[name] = figure_ranges(runs)
+                    if spread := figure_ranges(runs):
+                        ranges[name] = spread
     if ranges:
         results["ranges"] = ranges
     click.echo(json.dumps(results, indent=2) if as_json else render_table(results))
