@@ -14,6 +14,7 @@ scheduled one (the second waits for the first).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -128,21 +129,39 @@ async def _run_locked(
             return await _execute(pool, settings, job, run_id, trigger, clock)
 
 
+#: Longest pause between two tries of a busy job lock.
+LOCK_RETRY_MAX_SECONDS = 1.0
+
+
 @contextlib.asynccontextmanager
 async def job_lock(pool: AsyncConnectionPool, job: JobName) -> AsyncIterator[None]:
-    """Hold the job's advisory lock on a connection of its own for the duration of the block."""
+    """Hold the job's advisory lock on a pooled connection for the duration of the block.
+
+    Waiting for it holds no connection: the lock is tried and, when busy, the connection goes
+    back to the pool until the next try, so runs queued behind a long one (cron calls, manual
+    runs) cannot take the connections the claim loop needs.
+    """
     params = {"lock_class": JOB_LOCK_CLASS, "lock_id": JOB_LOCK_IDS[job]}
-    async with pool.connection() as conn:
-        try:
-            await conn.execute(QUERIES["lock_job"], params)
-            yield
-        finally:
-            # Also when cancelled while waiting for the lock (unlocking what is not held is harmless).
+    pause = 0.05
+    while True:
+        async with pool.connection() as conn:
+            held: bool | None = None  # None: interrupted while asking, so perhaps held
             try:
-                await conn.execute(QUERIES["unlock_job"], params)
-            except psycopg.Error:
-                # Unknown whether the session still holds the lock: end the session, which drops it.
-                await conn.close()
+                row = await (await conn.execute(QUERIES["try_lock_job"], params)).fetchone()
+                held = bool(row and row[0])
+                if held:
+                    yield
+                    return
+            finally:
+                if held is not False:
+                    try:
+                        await conn.execute(QUERIES["unlock_job"], params)
+                    except psycopg.Error:
+                        # Unknown whether the session still holds the lock: end the session,
+                        # which drops it.
+                        await conn.close()
+        await asyncio.sleep(pause)
+        pause = min(LOCK_RETRY_MAX_SECONDS, pause * 2)
 
 
 async def _claim_run(

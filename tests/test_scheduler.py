@@ -260,12 +260,9 @@ async def test_a_failed_tick_is_taken_over_by_exactly_one_of_many_workers(
     assert db.execute("SELECT count(*) FROM audit_logs WHERE entity_id = %s", (stale,)).fetchone()[0] == 1
 
 
-def lock_waiters(db: psycopg.Connection) -> int:
-    return db.execute(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = %s"
-        " AND objid = %s",
-        CLEANUP_LOCK,
-    ).fetchone()[0]
+def cleanup_running(db: psycopg.Connection) -> int:
+    """Cleanup runs claimed and not finished: with the lock held elsewhere, waiting for it."""
+    return sum(1 for run in job_runs(db) if run["job"] == "cleanup" and run["status"] == "running")
 
 
 async def test_shutdown_stops_ticks_at_once_bounds_a_running_job_and_the_tick_is_rerun(
@@ -283,7 +280,7 @@ async def test_shutdown_stops_ticks_at_once_bounds_a_running_job_and_the_tick_is
             first.start()
 
             async def stuck() -> bool:
-                return lock_waiters(db) == 1
+                return cleanup_running(db) == 1
 
             await async_wait_until(stuck, timeout=10, message="the catch-up cleanup waiting for its lock")
             started = loop.time()
@@ -293,7 +290,7 @@ async def test_shutdown_stops_ticks_at_once_bounds_a_running_job_and_the_tick_is
             await asyncio.gather(stopping, late)
             elapsed = loop.time() - started
             assert first.running is False
-            assert lock_waiters(db) == 0
+            assert cleanup_running(db) == 0
             holder.execute("SELECT pg_advisory_unlock(%s, %s)", CLEANUP_LOCK)
 
         assert elapsed < 1.5
@@ -316,27 +313,26 @@ async def test_shutdown_stops_ticks_at_once_bounds_a_running_job_and_the_tick_is
     assert db.execute("SELECT status FROM bookings WHERE id = %s", (stale,)).fetchone()[0] == "cancelled"
 
 
-async def test_manual_run_waits_for_the_job_lock(db: psycopg.Connection, db_url: str) -> None:
+async def test_manual_run_waits_for_the_job_lock_without_holding_a_connection(
+    db: psycopg.Connection, db_url: str
+) -> None:
     lock = (JOB_LOCK_CLASS, JOB_LOCK_IDS["cleanup"])
-
-    async def waiting_for_lock() -> bool:
-        row = db.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = %s"
-            " AND objid = %s",
-            lock,
-        ).fetchone()
-        return row[0] == 1
-
-    async with open_pool(db_url) as pool:
+    async with open_pool(db_url, size=2) as pool:
         with psycopg.connect(db_url, autocommit=True) as holder:
             # Stands for a scheduled cleanup in progress on another worker.
             holder.execute("SELECT pg_advisory_lock(%s, %s)", lock)
             manual = asyncio.create_task(
                 run_job_now(pool, job_settings(db_url), "cleanup", clock=fixed_clock())
             )
-            await async_wait_until(waiting_for_lock, timeout=10, message="manual run queued on the lock")
-            assert not manual.done()
-            assert job_runs(db) == []
+            async def retrying() -> bool:  # each try of the busy lock borrows a connection
+                return pool.get_stats().get("requests_num", 0) >= 3
+
+            await async_wait_until(retrying, timeout=10, message="manual run retrying the lock")
+            assert not manual.done() and job_runs(db) == []
+            # While it waits, the whole pool is free for the claim loop.
+            async with pool.connection(timeout=2) as first, pool.connection(timeout=2) as second:
+                await first.execute("SELECT 1")
+                await second.execute("SELECT 1")
             holder.execute("SELECT pg_advisory_unlock(%s, %s)", lock)
             result = await asyncio.wait_for(manual, 10)
     assert result["success"] is True
@@ -468,9 +464,8 @@ def test_a_tick_running_on_a_killed_worker_is_taken_over(
         # The daemon's start-up cleanup claims today's tick, then waits here: it is "running".
         holder.execute("SELECT pg_advisory_lock(%s, %s)", CLEANUP_LOCK)
         crashed = spawn_worker(db_url, SCHEDULER_ENABLED="true")
-        wait_until(lambda: lock_waiters(db) == 1, timeout=30, message="the daemon's cleanup running")
+        wait_until(lambda: cleanup_running(db) == 1, timeout=30, message="the daemon's cleanup running")
         crashed.kill()
-        # Its orphaned backend takes the lock next, fails to answer the dead client, and exits.
         holder.execute("SELECT pg_advisory_unlock(%s, %s)", CLEANUP_LOCK)
     [orphan] = [r for r in job_runs(db) if r["job"] == "cleanup"]
     assert orphan["status"] == "running"
