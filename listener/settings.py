@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
+from dotenv import dotenv_values
 from environs import Env, EnvValidationError
 from marshmallow import ValidationError
 from marshmallow.validate import OneOf, Range
@@ -63,7 +64,12 @@ StringMap = Annotated[dict[str, str], _string_to_string]
 
 
 class SettingsError(ValueError):
-    """A rule across several settings is broken; the message names them."""
+    """Settings that cannot be used: `problems` has one line per bad variable or broken rule,
+    naming it (never showing a secret's value)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def _secret() -> Any:
@@ -159,27 +165,39 @@ class Settings:
         # next hourly run would send the reminder again.
         window_days = max(self.booking_reminder_hours / 24, self.payment_reminder_days)
         if self.worker_retention_days <= window_days:
-            raise SettingsError(
+            raise SettingsError([
                 f"WORKER_RETENTION_DAYS ({self.worker_retention_days}) must be longer than the reminder"
                 f" windows ({window_days:g} days), or reminders would be sent again"
-            )
+            ])
 
     @classmethod
     def from_env(cls, env_file: str | None = ".env") -> Settings:
         """Read every field from the environment (and `env_file`, which never overrides it).
 
-        Raises `EnvValidationError` naming every bad variable, or `SettingsError`.
+        Names are matched whatever their case (`log_level` sets LOG_LEVEL, as it always did);
+        the upper-case spelling wins when both are set. Raises `SettingsError`.
         """
         env = Env(eager=False)
+        dotenv: dict[str, str] = {}
         if env_file:
             env.read_env(env_file, recurse=False)
+            dotenv = {key: value for key, value in dotenv_values(env_file).items() if value is not None}
+        raw = {**dotenv, **os.environ}  # what is set, as environs reads it: the environment first
+        spelling: dict[str, str] = {}  # NAME -> the variable to read: the environment's over
+        for source in (dotenv, os.environ):  # the file's, and within each the upper-case one
+            for key in sorted(source, key=str.isupper):
+                spelling[key.upper()] = key
         hints = get_type_hints(cls, include_extras=True)
         values = {}
         for setting in fields(cls):
             default = setting.default_factory() if setting.default is MISSING else setting.default  # type: ignore[misc]
             parser, validators = _reader(hints[setting.name])
-            values[setting.name] = getattr(env, parser)(setting.name.upper(), default, validate=validators)
-        env.seal()
+            key = spelling.get(setting.name.upper(), setting.name.upper())
+            values[setting.name] = getattr(env, parser)(key, default, validate=validators)
+        try:
+            env.seal()
+        except EnvValidationError as error:
+            raise SettingsError(_describe(error, raw)) from None
         return cls(**values)
 
     def secret_values(self) -> list[str]:
@@ -228,24 +246,21 @@ def _is_secret(name: str) -> bool:
     return any(word in name for word in ("TOKEN", "KEY", "SECRET", "PASSWORD", "URL"))
 
 
-def describe_invalid_settings(error: EnvValidationError) -> list[str]:
+def _describe(error: EnvValidationError, raw: dict[str, str]) -> list[str]:
     """One line per bad variable, naming it; the offending value only for non-secrets."""
-    lines = []
+    problems = []
     for name, messages in error.error_messages.items():
-        value = os.environ.get(name)
-        shown = "" if _is_secret(name) or value is None else f" (got {value!r})"
-        lines.append(f"configuration error: {name}: {' '.join(messages)}{shown}")
-    return lines
+        value, message = raw.get(name), " ".join(messages)
+        hidden = _is_secret(name.upper()) or value is None or repr(value) in message
+        problems.append(f"{name}: {message}" + ("" if hidden else f" (got {value!r})"))
+    return problems
 
 
 def load_settings() -> Settings:
     """Read the settings or exit with code 2 and one readable line per problem."""
     try:
         return Settings.from_env()
-    except EnvValidationError as error:
-        lines = describe_invalid_settings(error)
-    except SettingsError as error:  # a rule across several settings: its message names them
-        lines = [f"configuration error: {error}"]
-    for line in lines:
-        print(line, file=sys.stderr)
+    except SettingsError as error:
+        for problem in error.problems:
+            print(f"configuration error: {problem}", file=sys.stderr)
     raise SystemExit(CONFIG_ERROR_EXIT)

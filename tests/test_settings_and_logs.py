@@ -56,18 +56,38 @@ def test_secret_values_are_not_echoed_in_errors() -> None:
     assert "s3cr3t-value" not in result.stderr + result.stdout
 
 
-def test_dotenv_file_fills_in_but_never_overrides_the_environment(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("WORKER_CONCURRENCY=7\nFROM_EMAIL=dotenv@example.com\n")
+def settings_read_in(folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`load_settings()` in a process started in `folder` (its `.env`), with `env` set."""
     script = (
         "import json; from listener.settings import load_settings; s = load_settings();"
-        " print(json.dumps([s.worker_concurrency, s.from_email]))"
+        " print(json.dumps([s.worker_concurrency, s.from_email, s.log_level, s.port]))"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("WORKER_CONCURRENCY", "FROM_EMAIL")}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env={**env, "FROM_EMAIL": "env@example.com"},
-        capture_output=True, text=True, timeout=60, check=True,
+    names = ("WORKER_CONCURRENCY", "FROM_EMAIL", "LOG_LEVEL", "PORT")
+    base = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=folder, env={**base, **env},
+        capture_output=True, text=True, timeout=60,
     )
-    assert json.loads(result.stdout) == [7, "env@example.com"]
+
+
+def test_dotenv_file_fills_in_but_never_overrides_the_environment(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("WORKER_CONCURRENCY=7\nFROM_EMAIL=dotenv@example.com\n")
+    result = settings_read_in(tmp_path, FROM_EMAIL="env@example.com")
+    assert json.loads(result.stdout) == [7, "env@example.com", "INFO", None]
+
+
+def test_names_match_whatever_their_case_and_a_bad_dotenv_value_is_shown(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("log_level=WARNING\nPORT=seventy\nWORKER_CONCURRENCY=3\n")
+    refused = settings_read_in(tmp_path, worker_concurrency="7")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "configuration error: PORT: Not a valid integer. (got 'seventy')"
+    ]
+    dotenv.write_text("log_level=WARNING\nport=8080\nWORKER_CONCURRENCY=3\n")
+    # The environment's spelling beats the file's, whatever the case of either.
+    result = settings_read_in(tmp_path, worker_concurrency="7")
+    assert json.loads(result.stdout) == [7, "bookings@flavorentertainers.com.au", "WARNING", 8080]
 
 
 def capture_logs(fmt: str = "json") -> io.StringIO:
