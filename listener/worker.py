@@ -164,8 +164,9 @@ class Worker:
                     # Under load, wait for a good share of the slots: one claim of many
                     # events costs one round trip and one commit, like a claim of one.
                     break  # handlers finishing (or a flush) free slots and wake us
+                unwritten_room = 2 * self._max_claimed - len(self._inflight)
                 try:
-                    claimed = await self._claim(min(free, self.settings.claim_batch_size))
+                    claimed = await self._claim(min(free, self.settings.claim_batch_size, unwritten_room))
                     failures = 0
                 except psycopg.Error as exc:
                     failures += 1

@@ -139,7 +139,8 @@ async def job_lock(pool: AsyncConnectionPool, job: JobName) -> AsyncIterator[Non
 
     Waiting for it holds no connection: the lock is tried and, when busy, the connection goes
     back to the pool until the next try, so runs queued behind a long one (cron calls, manual
-    runs) cannot take the connections the claim loop needs.
+    runs) cannot take the connections the claim loop needs. Waiters are not served in arrival
+    order, and one may start up to LOCK_RETRY_MAX_SECONDS after the lock is freed.
     """
     params = {"lock_class": JOB_LOCK_CLASS, "lock_id": JOB_LOCK_IDS[job]}
     pause = 0.05

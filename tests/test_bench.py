@@ -54,3 +54,13 @@ def test_repeated_runs_report_each_figures_median_and_range() -> None:
     }
     assert figure_ranges(runs) == {"events_per_s": [3900.0, 4200.0], "sdk": {"p99_ms": [12.0, 30.0]}}
     assert median_figures(runs[:1]) == runs[0] and figure_ranges(runs[:1]) == {}
+
+
+def test_repeated_runs_of_different_shapes_or_with_nan_are_combined() -> None:
+    runs = [
+        {"count": 0},  # a run that got no samples reports only its count
+        {"count": 10, "p99_ms": 12.0, "seconds": float("nan")},
+        {"count": 12, "p99_ms": 14.0, "seconds": 2.0},
+    ]
+    assert median_figures(runs) == {"count": 10, "p99_ms": 13.0, "seconds": 2.0}
+    assert figure_ranges(runs) == {"count": [0, 12], "p99_ms": [12.0, 14.0]}

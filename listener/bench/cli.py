@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -89,36 +90,46 @@ def bench(quick: bool, as_json: bool, only: tuple[str, ...], repeat: int) -> Non
     click.echo(json.dumps(results, indent=2) if as_json else render_table(results))
 
 
-def _is_figure(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _figures(values: list[Any]) -> list[float] | None:
+    """The values as numbers when every run gave one (NaN, a run that measured nothing, left
+    out); None when they are not all numbers."""
+    if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return None
+    return [v for v in values if not math.isnan(v)] or None
+
+
+def _per_key(runs: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Each key of any run, with the values of the runs that have it (runs can differ: a
+    latency scenario with no samples reports only its count)."""
+    keys = dict.fromkeys(key for run in runs for key in run)
+    return {key: [run[key] for run in runs if key in run] for key in keys}
 
 
 def median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One scenario's figures over several runs: each number's median (a noisy machine's one
     bad or lucky run moves no figure); anything else as the first run gave it."""
     combined: dict[str, Any] = {}
-    for key, first in runs[0].items():
-        values = [run[key] for run in runs]
-        if isinstance(first, dict):
+    for key, values in _per_key(runs).items():
+        numbers = _figures(values)
+        if all(isinstance(value, dict) for value in values):
             combined[key] = median_figures(values)
-        elif all(_is_figure(value) for value in values) and min(values) != max(values):
-            combined[key] = round(statistics.median(values), 2)
+        elif numbers and min(numbers) != max(numbers):
+            combined[key] = round(statistics.median(numbers), 2)
         else:
-            combined[key] = first
+            combined[key] = numbers[0] if numbers else values[0]
     return combined
 
 
 def figure_ranges(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The lowest and highest value of every number that varied between the runs."""
     spread: dict[str, Any] = {}
-    for key, first in runs[0].items():
-        values = [run[key] for run in runs]
-        if isinstance(first, dict):
-            inner = figure_ranges(values)
-            if inner:
+    for key, values in _per_key(runs).items():
+        numbers = _figures(values)
+        if all(isinstance(value, dict) for value in values):
+            if inner := figure_ranges(values):
                 spread[key] = inner
-        elif all(_is_figure(value) for value in values) and min(values) != max(values):
-            spread[key] = [min(values), max(values)]
+        elif numbers and min(numbers) != max(numbers):
+            spread[key] = [min(numbers), max(numbers)]
     return spread
 
 
@@ -132,7 +143,7 @@ def render_table(results: dict[str, Any]) -> str:
         + (f"  [median of {repeat} runs]" if repeat > 1 else ""),
         "",
         f"{'scenario':<18} {'figure':<28} {'value':>12} {'target':>12}"
-        + (f"  {'range':<20}" if repeat > 1 else ""),
+        + ("  range" if repeat > 1 else ""),
         "-" * (96 if repeat > 1 else 74),
     ]
     ranges = dict(_flatten(results.get("ranges", {})))
