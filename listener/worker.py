@@ -156,17 +156,13 @@ class Worker:
                     if await self._start_suspect():
                         continue
                 free = self._max_claimed - self._unhandled
-                if (
-                    free <= 0
-                    or (self._unhandled and free < self._refill_at)
-                    or len(self._inflight) >= 2 * self._max_claimed
-                ):
+                held_room = 2 * self._max_claimed - len(self._inflight)  # handled, unwritten too
+                if free <= 0 or held_room <= 0 or (self._unhandled and free < self._refill_at):
                     # Under load, wait for a good share of the slots: one claim of many
                     # events costs one round trip and one commit, like a claim of one.
                     break  # handlers finishing (or a flush) free slots and wake us
-                unwritten_room = 2 * self._max_claimed - len(self._inflight)
                 try:
-                    claimed = await self._claim(min(free, self.settings.claim_batch_size, unwritten_room))
+                    claimed = await self._claim(min(free, held_room, self.settings.claim_batch_size))
                     failures = 0
                 except psycopg.Error as exc:
                     failures += 1
