@@ -307,6 +307,30 @@ async def test_stop_finishes_running_events_and_returns_unstarted_claims(
     assert {e["attempts"] for e in events(db) if e["status"] == "pending"} == {0}
 
 
+async def test_handled_events_waiting_to_be_written_free_their_slot_up_to_a_cap(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """While outcomes cannot be written, handled events no longer hold claim slots (the next
+    claim overlaps the write), but a worker never holds more than twice its slots."""
+    seed_bookings(db, 30)
+    handler = ScriptedHandler()
+    slots = 1 + 4  # WORKER_CONCURRENCY + CLAIM_BATCH_SIZE
+    with psycopg.connect(db_url) as blocker:
+        # Held by another transaction, the ledger table makes every flush wait.
+        blocker.execute("LOCK TABLE worker.deliveries IN EXCLUSIVE MODE")
+        async with Running(db_url, handler, worker_concurrency=1, claim_batch_size=4) as running:
+
+            async def capped_and_idle() -> bool:
+                return len(handler.handled) >= 2 * slots and handler.running == 0
+
+            await async_wait_until(capped_and_idle, timeout=10, message="twice the slots handled")
+            assert running.worker.inflight == 2 * slots
+            assert status_counts(db) == {"processing": 2 * slots, "pending": 30 - 2 * slots}
+            blocker.rollback()
+            await wait_all_finished(db, 30)
+    assert len(handler.handled) == 30
+
+
 async def test_an_outcome_the_database_refuses_fails_alone(db: psycopg.Connection, db_url: str) -> None:
     """A ledger row violating a constraint must not freeze the worker's other outcomes."""
     seed_bookings(db, 6)
