@@ -174,17 +174,20 @@ class Settings:
     def from_env(cls, env_file: str | None = ".env") -> Settings:
         """Read every field from the environment (and `env_file`, which never overrides it).
 
-        Names are matched whatever their case (`log_level` sets LOG_LEVEL, as it always did);
-        the upper-case spelling wins when both are set. Raises `SettingsError`.
+        Names are matched whatever their case (`log_level` sets LOG_LEVEL, as it always did):
+        a spelling in the environment beats one in the file, and within each the upper-case one
+        wins. Raises `SettingsError`.
         """
         env = Env(eager=False)
         dotenv: dict[str, str] = {}
         if env_file:
             env.read_env(env_file, recurse=False)
+            # environs keeps the file's values to itself; its names and values are needed here
+            # too (their spellings, and the error lines), so the small file is read twice.
             dotenv = {key: value for key, value in dotenv_values(env_file).items() if value is not None}
         raw = {**dotenv, **os.environ}  # what is set, as environs reads it: the environment first
-        spelling: dict[str, str] = {}  # NAME -> the variable to read: the environment's over
-        for source in (dotenv, os.environ):  # the file's, and within each the upper-case one
+        spelling: dict[str, str] = {}  # NAME -> the variable to read, spelt as set
+        for source in (dotenv, os.environ):
             for key in sorted(source, key=str.isupper):
                 spelling[key.upper()] = key
         hints = get_type_hints(cls, include_extras=True)
