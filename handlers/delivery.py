@@ -3,8 +3,8 @@
 A `DeliveryScope` is the sending side of one event: it knows the event id (for idempotency
 keys), what the ledger already shows for that event (so a redelivery sends nothing twice), and
 collects one `DeliveryRecord` per (channel, recipient). The router opens a scope per event; the
-seed-named functions (`send_whatsapp`, `send_email`, `notify_*`, `send_*_email`) find it with
-`current_scope()`, so their signatures stay the seed's.
+platform-named functions (`send_whatsapp`, `send_email`, `notify_*`, `send_*_email`) find it with
+`current_scope()`, so their signatures stay the platform's.
 
 `DeliveryScope.compose` is the one place a routing-table entry becomes a message (resolve the
 recipient, render, address); it returns an `Outgoing`, sent concurrently when awaited, and
@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import structlog
 
+from core.metrics import METRICS
 from handlers.contract import DeliveryRecord, PermanentDeliveryError, TransientDeliveryError
 from handlers.models import MessageContext, Person
 from handlers.phones import to_e164
 from handlers.rendering import Rendered, Templates
 from handlers.routing import ROUTES, Channel, Route, routes_for
-from listener.metrics import METRICS
 
 if TYPE_CHECKING:
-    from listener.settings import Settings
+    from core.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -90,7 +90,7 @@ class Target:
 class Outgoing:
     """Messages composed (addressed and rendered) in one scope, not yet sent.
 
-    The seed's notify/send functions return one: awaiting it sends its messages concurrently
+    The platform's notify/send functions return one: awaiting it sends its messages concurrently
     and gives their ledger records. `together()` joins the parts of one event.
     """
 
@@ -163,7 +163,7 @@ def current_templates() -> Templates:
 
 @functools.cache
 def _standalone_templates() -> Templates:
-    from listener.settings import load_settings
+    from core.settings import load_settings
 
     return Templates(load_settings().next_public_app_url)
 

@@ -1,4 +1,4 @@
-"""Email notifications: the seed's `src/integrations/email` functions, in Python.
+"""Email notifications: the booking platform's `src/integrations/email` functions, in Python.
 
 Every email has an HTML and a plain-text part and an Idempotency-Key per (event, channel,
 recipient). `send_email` sends one email now; the `get_*_email` builders return
@@ -64,7 +64,7 @@ def html_to_text(html: str) -> str:
     return _BLANKS.sub("\n\n", html_lib.unescape(_TAG.sub("", html))).strip()
 
 
-# ---------------------------------------------------------------------- builders (seed names)
+# ---------------------------------------------------------------------- builders (the platform's names)
 def get_booking_confirmation_email(booking: Booking, client: Person, performer: Person) -> Rendered:
     """The client's booking confirmation (sent when the deposit is verified)."""
     ctx = MessageContext(booking=booking, client=client, performer=performer)
@@ -90,7 +90,7 @@ def render_email(template: str, ctx: MessageContext, *, role: str, name: str = "
     )
 
 
-# ---------------------------------------------------------------------- senders (seed names)
+# ---------------------------------------------------------------------- senders (the platform's names)
 # Each returns the composed emails (`Outgoing`): awaiting it sends them (see handlers.whatsapp).
 def send_booking_confirmation_email(booking: Booking, client: Person, performer: Person) -> Outgoing:
     """Booking confirmed (deposit verified)."""

@@ -1,6 +1,6 @@
 """What notifications are about: a booking and its two parties, an OTP, a vetting application.
 
-Plain immutable records loaded in bulk by the router's `prepare()`; the seed's functions
+Plain immutable records loaded in bulk by the router's `prepare()`; the platform's functions
 (`notify_booking_created(booking, client, performer)`, ...) take these.
 """
 

@@ -15,13 +15,13 @@ import aiohttp
 import resend
 from resend.http_client_async import AsyncHTTPClient
 
+from core.metrics import METRICS
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent
-from handlers.transports import RateLimiter, loop_running, provider_connection_limit, retry_after_seconds
-from listener.metrics import METRICS
+from handlers.provider_http import RateLimiter, loop_running, provider_connection_limit, retry_after_seconds
 
 if TYPE_CHECKING:
-    from listener.settings import Settings
+    from core.settings import Settings
 
 class _PooledResendClient(AsyncHTTPClient):
     """resend's async HTTP client on ONE persistent aiohttp session.

@@ -2,7 +2,7 @@
 
 `prepare()` loads, in ONE query per batch, every row the batch's messages need plus what the
 ledger already holds for each event; `handle()` opens a delivery scope for the event and calls
-the seed-named functions for its kind, which consult the routing table; the event's messages
+the platform-named functions for its kind, which consult the routing table; the event's messages
 are then sent concurrently, in one gather.
 """
 
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from core.queries import load_queries
 from handlers.contract import Event, Outcome, PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import (
     DeliveryScope,
@@ -50,12 +51,11 @@ from handlers.whatsapp import (
     send_booking_reminder,
     send_payment_reminder,
 )
-from listener.queries import load_queries
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
-    from listener.settings import Settings
+    from core.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -233,13 +233,17 @@ async def _vetting_decided(event: Event, data: EventData) -> None:
     await send_vetting_approval_email(application, decision == "approved", application.review_notes)
 
 
-async def _whatsapp_inbound(event: Event, data: EventData) -> None:
-    # Only DECLINE alerts anyone (handlers.inbound); other commands were answered in the reply.
+async def _declined_by_performer(event: Event, data: EventData) -> None:
+    await notify_booking_declined(*data.parties())
+
+
+async def _legacy_whatsapp_inbound(event: Event, data: EventData) -> None:
+    # The older name of booking.declined_by_performer; only DECLINE was ever written under it.
     if event.payload.get("command") == "decline":
         await notify_booking_declined(*data.parties())
 
 
-#: Which of the seed's functions each event kind calls (who hears what: handlers.routing.ROUTES).
+#: Which of the platform's functions each event kind calls (who hears what: handlers.routing.ROUTES).
 SENDERS: dict[str, Sender] = {
     "booking.created": _booking_created,
     "booking.approved": _booking_approved,
@@ -251,7 +255,8 @@ SENDERS: dict[str, Sender] = {
     "booking.payment_due": _payment_due,
     "otp.created": _otp_created,
     "vetting.decided": _vetting_decided,
-    "whatsapp.inbound": _whatsapp_inbound,
+    "booking.declined_by_performer": _declined_by_performer,
+    "whatsapp.inbound": _legacy_whatsapp_inbound,
 }
 
 

@@ -1,6 +1,6 @@
 """THE routing table: which event kind becomes which message, to whom, on which channel.
 
-Data, not code: the router and the seed's notify/send functions all read this one table, and
+Data, not code: the router and the platform's notify/send functions all read this one table, and
 the README's "Notifications" table is generated from it (`routing_table_markdown`). A template
 name is the file stem under `handlers/templates/<channel>/`.
 
@@ -75,7 +75,10 @@ ROUTES: dict[str, tuple[Route, ...]] = {
     ),
     "otp.created": (_r("requester", "email", "otp"),),
     "vetting.decided": (_r("applicant", "email", "vetting_decision"),),
-    # A performer's DECLINE by WhatsApp (handlers.inbound; payload command "decline").
+    # A performer answered DECLINE <reference> on WhatsApp (handlers/inbound/).
+    "booking.declined_by_performer": (_r("admin", "whatsapp", "booking_declined_admin"),),
+    # The same, as versions up to 5202ff3 wrote it (payload command "decline"): kept while such
+    # rows may still be pending or be retried.
     "whatsapp.inbound": (_r("admin", "whatsapp", "booking_declined_admin"),),
 }
 

@@ -9,10 +9,7 @@ errors to `PermanentDeliveryError` / `TransientDeliveryError` at their edge.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -24,62 +21,12 @@ from handlers.delivery import Message, Sent, Transport
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
-    from listener.settings import Settings
+    from core.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 #: Namespace of in-app row ids: one row per (event, recipient), however often it is retried.
 _IN_APP_NAMESPACE = uuid.UUID("6f1f4d8e-52a4-4c0e-9d55-3f0e7f3b7a10")
-
-
-def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
-    """Retry-After in seconds (the providers send seconds), or None."""
-    if not headers:
-        return None
-    for key, value in headers.items():
-        if key.lower() == "retry-after":
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return None
-    return None
-
-
-class RateLimiter:
-    """Spaces requests to at most `rate` per second, allowing a burst of up to `rate` (GCRA)."""
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate
-        self.burst = max(1.0, rate) * self.interval
-        self._tat = 0.0  # theoretical arrival time of the next request
-
-    async def acquire(self) -> None:
-        now = time.monotonic()
-        tat = max(self._tat, now)
-        self._tat = tat + self.interval
-        wait = tat + self.interval - self.burst - now
-        if wait > 0:
-            await asyncio.sleep(wait)
-
-
-def provider_connection_limit(settings: Settings) -> int:
-    """Connections one provider's HTTP session may hold open at once.
-
-    An event sends at most three WhatsApp messages or two emails at a time, so every message of
-    WORKER_CONCURRENCY events fits; aiohttp's default of 100 would queue requests behind a slow
-    provider (50 events x 3 WhatsApp), while a bound still keeps a runaway from exhausting sockets.
-    """
-    return 4 * settings.worker_concurrency
-
-
-def loop_running() -> bool:
-    """Create HTTP sessions up front when a loop runs (the daemon), so the first message
-    does not pay for them; otherwise on first use."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 class ConsoleTransport:

@@ -22,13 +22,13 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client as TwilioClient
 
+from core.metrics import METRICS
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent
-from handlers.transports import RateLimiter, loop_running, provider_connection_limit, retry_after_seconds
-from listener.metrics import METRICS
+from handlers.provider_http import RateLimiter, loop_running, provider_connection_limit, retry_after_seconds
 
 if TYPE_CHECKING:
-    from listener.settings import Settings
+    from core.settings import Settings
 
 #: The SDK logs every request header at INFO; keep only its warnings.
 _twilio_sdk_log = logging.getLogger("handlers.twilio_transport.sdk")

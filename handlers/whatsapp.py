@@ -1,4 +1,4 @@
-"""WhatsApp notifications: the seed's `src/integrations/twilio` functions, in Python.
+"""WhatsApp notifications: the booking platform's `src/integrations/twilio` functions, in Python.
 
 Every `notify_*` function is thin: it names an event kind, and the routing table says who hears
 it and with which template. It returns the composed messages (`handlers.delivery.Outgoing`):
@@ -93,7 +93,8 @@ def notify_booking_accepted(booking: Booking, client: Person, performer: Person)
 
 def notify_booking_declined(booking: Booking, client: Person, performer: Person) -> Outgoing:
     """The performer declined by WhatsApp (DECLINE <reference>): the admin must find someone else."""
-    return notify("whatsapp.inbound", MessageContext(booking=booking, client=client, performer=performer))
+    context = MessageContext(booking=booking, client=client, performer=performer)
+    return notify("booking.declined_by_performer", context)
 
 
 def send_booking_reminder(

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from core.settings import Settings
 from listener.migrate import pending_migrations
-from listener.settings import Settings
 
 #: Supabase's transaction-mode pooler: it cannot hold a session, so LISTEN never hears anything.
 _TRANSACTION_POOLER_PORT = "6543"

@@ -19,11 +19,11 @@ import click
 import psycopg
 import structlog
 
+from core.db import resolve_database_url
+from core.logs import configure_logging
+from core.redaction import mask_text
+from core.settings import Settings, load_settings
 from listener import admin
-from listener.db import resolve_database_url
-from listener.logs import configure_logging
-from listener.redaction import mask_text
-from listener.settings import Settings, load_settings
 
 log = structlog.get_logger(__name__)
 
@@ -72,12 +72,13 @@ class WorkerCLI(click.Group):
     """Database errors end any command with one readable line and exit code 1, not a traceback.
 
     Commands in `LAZY_COMMANDS` are imported only when invoked, so the daemon's process does not
-    carry the benchmark's or the job runner's modules.
+    carry the benchmark's or the job runner's modules. `bench` lives in the test kit, a separate
+    distribution a dyno does not install: without it, the command says how to get it.
     """
 
     LAZY_COMMANDS: ClassVar[dict[str, str]] = {
-        "bench": "listener.bench.cli:bench",
-        "jobs": "scheduler.cli:jobs",
+        "bench": "testkit.bench.cli:bench",
+        "jobs": "listener.jobs_command:jobs",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -86,7 +87,12 @@ class WorkerCLI(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.LAZY_COMMANDS:
             module, _, attr = self.LAZY_COMMANDS[cmd_name].partition(":")
-            return getattr(importlib.import_module(module), attr)
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except ModuleNotFoundError as exc:
+                if exc.name is None or not exc.name.startswith("testkit"):
+                    raise
+                return _testkit_missing(cmd_name)
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -96,6 +102,22 @@ class WorkerCLI(click.Group):
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             click.echo(f"database error: {mask_text(first)}", err=True)
             raise SystemExit(1) from None
+
+
+def _testkit_missing(cmd_name: str) -> click.Command:
+    """Stands in for a test-kit command where the kit is not installed (as on a dyno)."""
+
+    @click.command(cmd_name, context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def missing(args: tuple[str, ...]) -> None:
+        click.echo(
+            f"`flavor-worker {cmd_name}` is part of the test kit, which this install does not have: "
+            "from a checkout run `make bench`, or `pip install -e ./testkit` into this environment",
+            err=True,
+        )
+        raise SystemExit(2)
+
+    return missing
 
 
 @click.group(cls=WorkerCLI, context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,8 +155,8 @@ def demo(app: AppContext, exit_when_done: bool, database_url: str | None) -> Non
     The demo uses the embedded database whatever DATABASE_URL says: a developer's `.env`
     pointing at staging must not get sample rows, nor have its real messages simulated away.
     """
+    from core.embedded import start_embedded_server
     from listener.demo import run_demo
-    from listener.embedded import start_embedded_server
     from listener.migrate import migrate as apply_migrations
 
     configure_logging(app.settings.log_level, "console", secrets=app.settings.secret_values())

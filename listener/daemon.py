@@ -16,10 +16,10 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+from core.db import create_pool, redacted_target
+from core.settings import Settings
 from handlers.router import NotificationRouter
-from listener.db import create_pool, redacted_target
 from listener.migrate import migrate, pending_migrations
-from listener.settings import Settings
 from listener.stream import EventStream
 from listener.worker import Worker
 from scheduler.service import JobScheduler

@@ -16,10 +16,10 @@ from pathlib import Path
 import click
 import psycopg
 
+from core.queries import load_queries
+from core.redaction import mask_email, mask_phone
+from core.settings import Settings
 from listener.daemon import run_daemon
-from listener.queries import load_queries
-from listener.redaction import mask_email, mask_phone
-from listener.settings import Settings
 
 QUERIES = load_queries(Path(__file__).with_name("demo.sql"))
 

@@ -1,27 +1,9 @@
-"""Named queries, loaded once from `queries.sql` (Procrastinate style).
-
-Callers write `QUERIES["claim_batch"]`; a typo is a KeyError at import of the caller's test,
-not a silently different statement.
-"""
+"""The daemon's own queries (claiming, completion, heartbeats, operator commands): `queries.sql`."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
-
-
-def load_queries(path: Path) -> dict[str, str]:
-    """Split a named-query file into {name: sql}; the comment lines under a header are kept."""
-    text = path.read_text()
-    parts = _HEADER.split(text)
-    queries: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in queries:
-            raise ValueError(f"query {name!r} defined twice in {path}")
-        queries[name] = body.strip().rstrip(";")
-    return queries
-
+from core.queries import load_queries
 
 QUERIES = load_queries(Path(__file__).with_name("queries.sql"))

@@ -12,8 +12,8 @@ import psycopg
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-from listener.db import connect_listener
-from listener.metrics import METRICS
+from core.db import connect_listener
+from core.metrics import METRICS
 
 log = structlog.get_logger(__name__)
 

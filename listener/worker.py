@@ -36,6 +36,9 @@ import structlog
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from core.backoff import retry_delay
+from core.metrics import METRICS
+from core.settings import Settings
 from handlers.contract import (
     DeliveryRecord,
     Event,
@@ -43,10 +46,7 @@ from handlers.contract import (
     Outcome,
     TransientDeliveryError,
 )
-from listener.backoff import retry_delay
-from listener.metrics import METRICS
 from listener.queries import QUERIES
-from listener.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -2,7 +2,7 @@
 
 Each batch is its own short transaction (CLEANUP_BATCH_SIZE rows at most), so a table of
 millions of rows is never locked for seconds by one statement. A failing batch ends that step
-and its error goes into the step's summary; the other steps still run (the seed's "partial
+and its error goes into the step's summary; the other steps still run (the platform's "partial
 failures don't stop the entire job").
 """
 
@@ -15,7 +15,7 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from listener.redaction import mask_text
+from core.redaction import mask_text
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +52,7 @@ async def repeat_in_batches(
             log.debug("job.batch", step=step, batch=batches, **counts)
             if counts[count_key] < batch_size:
                 break
-    except Exception as exc:  # the seed's graceful degradation: report, let the other steps run
+    except Exception as exc:  # the platform's graceful degradation: report, let the other steps run
         errors.append(error_text(exc))
         log.error("job.step_failed", step=step, batches=batches, exc_info=True)
     return {**totals, "errors": errors, "batches": batches}

@@ -1,4 +1,4 @@
-"""The seed's cleanup jobs (`src/jobs/cleanup.ts`), plus pruning of the worker's own outbox.
+"""The platform's cleanup jobs (`src/jobs/cleanup.ts`), plus pruning of the worker's own outbox.
 
 Jobs only write rows: a stale booking's cancellation reaches the parties through the bookings
 trigger → `booking.cancelled` event → delivery path, like any cancellation made by the app.
@@ -14,7 +14,7 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from listener.settings import Settings
+from core.settings import Settings
 from scheduler.batches import repeat_in_batches
 from scheduler.queries import QUERIES
 
@@ -135,7 +135,7 @@ async def _delete_in_batches(
 async def run_all_cleanup_jobs(
     pool: AsyncConnectionPool, settings: Settings, now: datetime
 ) -> dict[str, Any]:
-    """Every cleanup step in sequence; the seed's summary keys plus `workerEvents` and `deliveryCallbacks`."""
+    """Every cleanup step in sequence; the platform's keys plus `workerEvents` and `deliveryCallbacks`."""
     return {
         "staleBookings": await cleanup_stale_bookings(pool, settings, now),
         "notifications": await cleanup_old_notifications(pool, settings, now),

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from listener.queries import load_queries
+from core.queries import load_queries
 
 QUERIES = load_queries(Path(__file__).with_name("queries.sql"))

@@ -1,4 +1,4 @@
-"""The seed's reminder jobs (`src/jobs/reminders.ts`), as outbox events the pipeline delivers.
+"""The platform's reminder jobs (`src/jobs/reminders.ts`), as outbox events the pipeline delivers.
 
 A reminder is a `booking.reminder_due` / `booking.payment_due` row in `worker.events` with the
 dedup key `<kind>:<booking id>`: a second run, or two workers running at once, cannot insert it
@@ -15,7 +15,7 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from listener.settings import Settings
+from core.settings import Settings
 from scheduler.batches import repeat_in_batches
 from scheduler.queries import QUERIES
 
@@ -68,7 +68,7 @@ async def _enqueue(
 async def run_all_reminder_jobs(
     pool: AsyncConnectionPool, settings: Settings, now: datetime
 ) -> dict[str, Any]:
-    """Both reminder steps in sequence; the seed's summary keys."""
+    """Both reminder steps in sequence; the platform's summary keys."""
     return {
         "bookingReminders": await send_booking_reminders(pool, settings, now),
         "paymentReminders": await send_payment_reminders(pool, settings, now),

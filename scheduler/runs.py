@@ -25,8 +25,8 @@ import structlog
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from listener.metrics import METRICS
-from listener.settings import Settings
+from core.metrics import METRICS
+from core.settings import Settings
 from scheduler.batches import error_text
 from scheduler.cleanup import run_all_cleanup_jobs
 from scheduler.queries import QUERIES
@@ -51,8 +51,8 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def seed_timestamp(moment: datetime) -> str:
-    """ISO-8601 UTC with milliseconds and Z, as the seed's JSON shows (`2025-10-07T02:00:00.000Z`)."""
+def cron_timestamp(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and Z, as the platform's JSON shows (`2025-10-07T02:00:00.000Z`)."""
     utc = moment.astimezone(UTC)
     return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
 
@@ -70,7 +70,7 @@ async def run_job_now(
     clock: Clock = utc_now,
     worker_id: str | None = None,
 ) -> dict[str, Any]:
-    """Run a job now and return the seed's JSON; `all` runs cleanup then reminders.
+    """Run a job now and return the platform's cron JSON; `all` runs cleanup then reminders.
 
     `trigger` is recorded in job_runs: "manual" (CLI) or "http" (the cron endpoints).
     """
@@ -83,7 +83,7 @@ async def run_job_now(
     }
     return {
         "success": all(result["success"] for result in results.values()),
-        "timestamp": seed_timestamp(clock()),
+        "timestamp": cron_timestamp(clock()),
         **results,
     }
 
@@ -230,7 +230,7 @@ async def _execute(
     now = clock()
     log.info("job.started", job=job, run_id=run_id, trigger=trigger, now=now.isoformat())
     summary = await JOBS[job](pool, settings, now)
-    result = {"success": summary_succeeded(summary), "timestamp": seed_timestamp(now), "summary": summary}
+    result = {"success": summary_succeeded(summary), "timestamp": cron_timestamp(now), "summary": summary}
     outcome = "succeeded" if result["success"] else "failed"
     await _finish(pool, run_id, outcome, result)
     METRICS.job_runs.labels(job, outcome).inc()

@@ -21,7 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from psycopg_pool import AsyncConnectionPool
 
-from listener.settings import Settings
+from core.settings import Settings
 from scheduler.runs import Clock, JobName, Trigger, run_scheduled_tick, utc_now
 from scheduler.ticks import LocalCronTrigger, previous_fire_time
 

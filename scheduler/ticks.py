@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, tzinfo
 
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
+
+from core.crontab import crontab_trigger
 
 #: How far back to look for the previous tick; widened step by step so minute crons stay cheap.
 _LOOKBACKS = (
@@ -19,9 +20,6 @@ _LOOKBACKS = (
     timedelta(days=32),
     timedelta(days=367),
 )
-
-#: Crontab day numbers: 0 and 7 are both Sunday.
-_CRONTAB_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class LocalCronTrigger(BaseTrigger):
@@ -37,18 +35,7 @@ class LocalCronTrigger(BaseTrigger):
 
     def __init__(self, expression: str, timezone: tzinfo) -> None:
         self.expression = expression
-        fields = expression.split()
-        if len(fields) != 5:
-            raise ValueError(f"crontab needs 5 fields, got {expression!r}")
-        minute, hour, day, month, day_of_week = fields
-        self._cron = CronTrigger(
-            minute=minute,
-            hour=hour,
-            day=day,
-            month=month,
-            day_of_week=crontab_day_of_week(day_of_week),
-            timezone=timezone,
-        )
+        self._cron = crontab_trigger(expression, timezone)
         self._every_hour = any(f.name == "hour" and str(f) == "*" for f in self._cron.fields)
 
     @property
@@ -63,35 +50,6 @@ class LocalCronTrigger(BaseTrigger):
 
     def __str__(self) -> str:
         return f"cron[{self.expression} {self.timezone}]"
-
-
-def crontab_day_of_week(field: str) -> str:
-    """Crontab's day-of-week field in APScheduler's terms.
-
-    Crontab counts from Sunday (0 or 7), APScheduler 3 from Monday (0), and its `from_crontab`
-    passes numbers through unchanged ("0 2 * * 1" would run on Tuesdays). Numbers are expanded
-    to day names, which both read the same way.
-    """
-    if field == "*" or any(char.isalpha() for char in field):
-        return field
-    days: list[str] = []
-    for part in field.split(","):
-        base, _, step = part.partition("/")
-        if base == "*":
-            first, last = 0, 6
-        elif "-" in base:
-            start, _, end = base.partition("-")
-            first, last = int(start), int(end)
-        else:
-            first = int(base)
-            last = 7 if step else first
-        if not 0 <= first <= last <= 7:
-            raise ValueError(f"day of week out of range 0-7: {part!r}")
-        for number in range(first, last + 1, int(step or 1)):
-            name = _CRONTAB_DAYS[number]
-            if name not in days:
-                days.append(name)
-    return ",".join(days)
 
 
 def _is_repeated_wall_time(moment: datetime) -> bool:

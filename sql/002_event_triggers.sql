@@ -1,7 +1,7 @@
 -- Triggers that turn app-table changes into worker.events rows in the same transaction.
 --
 -- Silencing: `SET LOCAL flavor_worker.silence = 'on'` inside a transaction makes every trigger
--- below emit nothing for that transaction (seeding, backfills, data repair).
+-- below emit nothing for that transaction (bulk imports, backfills, data repair).
 --
 -- The trigger functions are SECURITY DEFINER with a fixed search_path: they run with the rights of
 -- the role that ran the migrations, so the app's own role (Supabase's `authenticated`,

@@ -50,6 +50,14 @@ def add_party(conn: psycopg.Connection, **booking_values: Any) -> tuple[str, str
     return add_booking(conn, client, performer, **booking_values), client, performer
 
 
+def add_bookings(conn: psycopg.Connection, count: int) -> None:
+    """`count` bookings of one new client and performer, in one transaction (one burst of events)."""
+    client, performer = add_client(conn), add_performer(conn)
+    with conn.transaction():
+        for _ in range(count):
+            add_booking(conn, client, performer)
+
+
 def _insert(conn: psycopg.Connection, table: str, row: dict[str, Any]) -> str:
     columns = psycopg.sql.SQL(", ").join(psycopg.sql.Identifier(c) for c in row)
     values = psycopg.sql.SQL(", ").join(psycopg.sql.Placeholder() for _ in row)

@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 
-from listener.db import create_pool
+from core.db import create_pool
+from core.settings import Settings
 from listener.http import Surface, create_app
-from listener.settings import Settings
 from listener.stream import EventStream
 from scheduler.service import JobScheduler
 from tests.waiting import async_wait_until

@@ -11,8 +11,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from listener.db import create_pool
-from listener.settings import Settings
+from core.db import create_pool
+from core.settings import Settings
 
 #: The moment the tests' clock stands still at (a Tuesday, no DST anywhere near).
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)

@@ -10,12 +10,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from core.db import create_pool
+from core.settings import Settings
 from listener.daemon import build_handler
-from listener.db import create_pool
-from listener.fake_providers import FakeProviders
-from listener.settings import Settings
 from listener.stream import EventStream
 from listener.worker import Worker
+from testkit.fake_providers import FakeProviders
 from tests.appdata import status_counts
 from tests.waiting import async_wait_until
 from tests.worker_settings import fast_settings

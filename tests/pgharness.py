@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from listener.embedded import embedded_bin_dir, start_embedded_server
+from core.embedded import embedded_bin_dir, start_embedded_server
 
 
 def docker_answers(timeout: float = 0.2) -> bool:

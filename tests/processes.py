@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from listener.bench.processes import REPO, DaemonProcess
+from testkit.bench.processes import REPO, DaemonProcess
 
 __all__ = ["FAST_ENV", "REPO", "WorkerProcess"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from core.settings import Settings
 from handlers.delivery import Dispatcher
 from handlers.models import Application, Booking, OtpCode, Person
 from handlers.router import EventData
 from handlers.transports import NullTransport
-from listener.settings import Settings
 
 # 2026-03-14 08:30 UTC is 19:30 in Sydney (daylight saving time, AEDT).
 EVENT_START = datetime(2026, 3, 14, 8, 30, tzinfo=UTC)

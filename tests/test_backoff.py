@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from listener.backoff import retry_delay
+from core.backoff import retry_delay
 
 
 def test_delays_grow_exponentially_and_stay_under_the_cap() -> None:

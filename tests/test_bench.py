@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from listener.bench.cli import figure_ranges, median_figures
+from testkit.bench.cli import figure_ranges, median_figures
 from tests.processes import REPO
 
 
@@ -64,3 +64,15 @@ def test_repeated_runs_of_different_shapes_or_with_nan_are_combined() -> None:
     ]
     assert median_figures(runs) == {"count": 10, "p99_ms": 13.0, "seconds": 2.0}
     assert figure_ranges(runs) == {"count": [0, 12], "p99_ms": [12.0, 14.0]}
+
+
+def test_bench_without_the_test_kit_says_how_to_install_it() -> None:
+    # As on a dyno: the test kit is a distribution apart, and absent there (None in sys.modules
+    # makes `import testkit` fail exactly as an uninstalled package does).
+    script = "import sys; sys.modules['testkit'] = None; from listener.cli import main; main(['bench'])"
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "test kit" in result.stderr and "pip install -e ./testkit" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -14,8 +14,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from core.settings import Settings
 from listener.checks import run_checks
-from listener.settings import Settings
 from tests.processes import REPO
 
 GOOD_SECRET = "x" * 40

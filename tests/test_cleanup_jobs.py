@@ -1,4 +1,4 @@
-"""The cleanup jobs on seeded rows at their boundaries, against a real database and a fixed clock."""
+"""The cleanup jobs on rows written at their boundaries, against a real database and a fixed clock."""
 
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ async def test_deletes_proceed_in_bounded_batches(db: psycopg.Connection, db_url
     assert ids(db, "notifications") == set()
 
 
-async def test_run_job_now_cleanup_prints_the_seed_summary_and_records_the_run(
+async def test_run_job_now_cleanup_prints_the_cron_summary_and_records_the_run(
     db: psycopg.Connection, db_url: str
 ) -> None:
     client, performer = add_client(db), add_performer(db)
@@ -224,7 +224,7 @@ async def test_run_job_now_cleanup_prints_the_seed_summary_and_records_the_run(
 async def test_one_failing_step_does_not_stop_the_others(db: psycopg.Connection, db_url: str) -> None:
     add_notification(db, age=timedelta(days=31), read=True)
     add_audit_log(db, category="system", age=timedelta(days=100))
-    # The seed calls otp_codes optional: a deployment without it must still clean the rest.
+    # The platform calls otp_codes optional: a deployment without it must still clean the rest.
     db.execute("DROP TABLE otp_codes")
 
     async with open_pool(db_url) as pool:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.commands import WhatsAppCommand, parse_whatsapp_command
+from handlers.inbound.commands import WhatsAppCommand, parse_whatsapp_command
 
 
 @pytest.mark.parametrize(

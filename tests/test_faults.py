@@ -6,18 +6,11 @@ import time
 
 import psycopg
 
-from listener.db import LISTENER_APPLICATION_NAME
-from listener.fake_providers import FakeProviders, worker_env
-from tests.appdata import add_booking, add_client, add_performer, status_counts
+from core.db import LISTENER_APPLICATION_NAME
+from testkit.fake_providers import FakeProviders, worker_env
+from tests.appdata import add_bookings, status_counts
 from tests.pgharness import PrivateServer
 from tests.waiting import wait_until
-
-
-def seed(conn: psycopg.Connection, count: int) -> None:
-    client, performer = add_client(conn), add_performer(conn)
-    with conn.transaction():
-        for _ in range(count):
-            add_booking(conn, client, performer)
 
 
 def all_done(conn: psycopg.Connection, total: int):
@@ -30,7 +23,7 @@ def all_done(conn: psycopg.Connection, total: int):
 def test_kill_9_mid_backlog_then_new_worker_finishes_everything(
     db: psycopg.Connection, db_url: str, spawn_worker
 ) -> None:
-    seed(db, 2000)
+    add_bookings(db, 2000)
     first = spawn_worker(db_url, WORKER_CONCURRENCY="20", CLAIM_BATCH_SIZE="20")
     wait_until(lambda: status_counts(db).get("processing", 0) > 0, timeout=30, interval=0.005,
                message="first worker holding claims")
@@ -53,7 +46,7 @@ def test_killed_listen_backend_reconnects_and_catches_up(
 ) -> None:
     worker = spawn_worker(db_url, POLL_INTERVAL_SECONDS="30")
     wait_until(lambda: worker.events_logged("listener.connected"), message="listener connected")
-    seed(db, 1)
+    add_bookings(db, 1)
     wait_until(all_done(db, 1), timeout=10)
 
     killed = db.execute(
@@ -61,7 +54,7 @@ def test_killed_listen_backend_reconnects_and_catches_up(
         " AND application_name = %s", (LISTENER_APPLICATION_NAME,)
     ).fetchall()
     assert killed == [(True,)]
-    seed(db, 5)  # written while the listener is down or reconnecting
+    add_bookings(db, 5)  # written while the listener is down or reconnecting
     wait_until(lambda: worker.events_logged("listener.reconnected"), timeout=20, message="reconnected")
     wait_until(all_done(db, 6), timeout=20, message="events written meanwhile processed")
     assert worker.terminate() == 0
@@ -71,13 +64,13 @@ def test_postgres_restart_under_a_running_worker(private_server: PrivateServer, 
     worker = spawn_worker(private_server.conninfo)
     wait_until(lambda: worker.events_logged("listener.connected"), message="listener connected")
     with psycopg.connect(private_server.conninfo, autocommit=True) as conn:
-        seed(conn, 10)
+        add_bookings(conn, 10)
         wait_until(all_done(conn, 10), timeout=20)
 
     private_server.restart()
 
     with psycopg.connect(private_server.conninfo, autocommit=True) as conn:
-        seed(conn, 10)
+        add_bookings(conn, 10)
         wait_until(lambda: worker.events_logged("listener.reconnected"), timeout=30, message="reconnected")
         wait_until(all_done(conn, 20), timeout=30, message="post-restart events processed")
     assert worker.proc.poll() is None
@@ -98,7 +91,7 @@ def test_sigterm_with_messages_in_flight_exits_zero_in_time_with_nothing_process
             CLAIM_BATCH_SIZE="20",
         )
         wait_until(lambda: worker.events_logged("worker.started"), message="worker started")
-        seed(db, 200)
+        add_bookings(db, 200)
         wait_until(lambda: len(fake.requests) > 0, timeout=20, message="requests in flight")
         started = time.monotonic()
         assert status_counts(db).get("processing", 0) > 0

@@ -1,4 +1,4 @@
-"""The HTTP surface in-process: /healthz, /metrics and the seed's cron endpoints, on a real database."""
+"""The HTTP surface in-process: /healthz, /metrics and the platform's cron endpoints, on a real database."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from handlers.logging_handler import LoggingHandler
+from core.settings import Settings
 from listener.http import HttpServer
 from listener.http.probes import probe_routes
-from listener.settings import Settings
 from listener.worker import Worker
 from tests.appdata import add_booking, add_client, add_performer, events
 from tests.httpapp import LiveSurface, live_surface
+from tests.logging_handler import LoggingHandler
 from tests.processes import REPO
 from tests.waiting import async_wait_until
 
@@ -229,7 +229,7 @@ async def test_cron_endpoints_are_closed_without_a_secret(db_url: str) -> None:
     assert "CRON_SECRET" in response.json()["error"]
 
 
-async def test_cron_cleanup_runs_the_jobs_and_answers_the_seeds_json(
+async def test_cron_cleanup_runs_the_jobs_and_answers_the_cron_json(
     db: psycopg.Connection, db_url: str
 ) -> None:
     client, performer = add_client(db), add_performer(db)
@@ -252,7 +252,7 @@ async def test_cron_cleanup_runs_the_jobs_and_answers_the_seeds_json(
     assert statuses == {stale: "cancelled", fresh: "pending"}
 
 
-async def test_cron_reminders_answers_the_seeds_json(db_url: str) -> None:
+async def test_cron_reminders_answers_the_cron_json(db_url: str) -> None:
     async with live_surface(db_url, cron_secret=CRON_SECRET) as live:
         response = await live.client.get(
             "/api/cron/reminders", headers={"Authorization": f"Bearer {CRON_SECRET}"}

@@ -15,17 +15,17 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
+from core.db import create_pool
+from core.logs import configure_logging
 from handlers.delivery import Message
 from handlers.email import send_email
+from handlers.provider_http import provider_connection_limit
 from handlers.resend_transport import ResendEmail
 from handlers.router import NotificationRouter
-from handlers.transports import provider_connection_limit
 from handlers.twilio_transport import TwilioWhatsApp
 from handlers.whatsapp import send_admin_whatsapp, send_whatsapp
 from listener.cli import main as cli
-from listener.db import create_pool
-from listener.fake_providers import FakeProviders, Recorded, Reply
-from listener.logs import configure_logging
+from testkit.fake_providers import FakeProviders, Recorded, Reply
 from tests.appdata import add_booking, add_client, add_party, add_performer, events
 from tests.notifyharness import (
     RESEND_KEY,

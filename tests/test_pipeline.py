@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from core.db import create_pool
 from handlers.contract import (
     DeliveryRecord,
     Event,
@@ -22,10 +23,9 @@ from handlers.contract import (
     TransientDeliveryError,
 )
 from listener import admin
-from listener.db import create_pool
 from listener.stream import EventStream
 from listener.worker import Worker
-from tests.appdata import add_booking, add_client, add_performer, events, status_counts
+from tests.appdata import add_booking, add_bookings, add_client, add_performer, events, status_counts
 from tests.waiting import async_wait_until
 from tests.worker_settings import fast_settings
 
@@ -102,14 +102,8 @@ async def wait_all_finished(db: psycopg.Connection, total: int, timeout: float =
     return await async_wait_until(finished, timeout=timeout, message=f"{total} events finished")
 
 
-def seed_bookings(db: psycopg.Connection, count: int) -> None:
-    client, performer = add_client(db), add_performer(db)
-    for _ in range(count):
-        add_booking(db, client, performer)
-
-
 async def test_backlog_present_at_startup_is_processed(db: psycopg.Connection, db_url: str) -> None:
-    seed_bookings(db, 300)
+    add_bookings(db, 300)
     handler = ScriptedHandler()
     async with Running(db_url, handler):
         final = await wait_all_finished(db, 300)
@@ -122,7 +116,7 @@ async def test_events_written_while_running_are_woken_by_notify(db: psycopg.Conn
     # A long poll interval: only NOTIFY can make this fast.
     async with Running(db_url, handler, poll_interval_seconds=30) as running:
         await async_wait_until(_connected(running.stream), timeout=5, message="LISTEN connection up")
-        seed_bookings(db, 5)
+        add_bookings(db, 5)
         await wait_all_finished(db, 5, timeout=5)
 
 
@@ -162,7 +156,7 @@ async def test_transient_failure_is_retried_then_succeeds(db: psycopg.Connection
         sent = DeliveryRecord("email", "ann@example.com", "sent", provider_message_id="m1")
         return Outcome(deliveries=[sent])
 
-    seed_bookings(db, 1)
+    add_bookings(db, 1)
     handler = ScriptedHandler(script)
     async with Running(db_url, handler):
         await wait_all_finished(db, 1)
@@ -173,7 +167,7 @@ async def test_transient_failure_is_retried_then_succeeds(db: psycopg.Connection
 
 
 async def test_permanent_failure_is_recorded(db: psycopg.Connection, db_url: str) -> None:
-    seed_bookings(db, 1)
+    add_bookings(db, 1)
     handler = ScriptedHandler(lambda e: Outcome(error=PermanentDeliveryError("invalid number", code="21211")))
     async with Running(db_url, handler):
         await wait_all_finished(db, 1)
@@ -184,7 +178,7 @@ async def test_permanent_failure_is_recorded(db: psycopg.Connection, db_url: str
 
 
 async def test_exhausted_attempts_fail_the_event(db: psycopg.Connection, db_url: str) -> None:
-    seed_bookings(db, 1)
+    add_bookings(db, 1)
     handler = ScriptedHandler(lambda e: Outcome(error=TransientDeliveryError("still down")))
     async with Running(db_url, handler, max_attempts=3):
         await wait_all_finished(db, 1)
@@ -199,7 +193,7 @@ async def test_handler_crash_does_not_kill_the_worker(db: psycopg.Connection, db
             raise ZeroDivisionError("bug")
         return Outcome()
 
-    seed_bookings(db, 3)
+    add_bookings(db, 3)
     async with Running(db_url, ScriptedHandler(script)):
         final = await wait_all_finished(db, 3)
     assert final == {"done": 3}
@@ -218,7 +212,7 @@ async def test_expired_event_is_not_handled(db: psycopg.Connection, db_url: str)
 
 
 async def test_two_workers_handle_each_event_exactly_once(db: psycopg.Connection, db_url: str) -> None:
-    seed_bookings(db, 400)
+    add_bookings(db, 400)
     first, second = ScriptedHandler(delay=0.001), ScriptedHandler(delay=0.001)
     async with Running(db_url, first), Running(db_url, second):
         await wait_all_finished(db, 400)
@@ -228,7 +222,7 @@ async def test_two_workers_handle_each_event_exactly_once(db: psycopg.Connection
 
 
 async def test_stop_releases_unfinished_work(db: psycopg.Connection, db_url: str) -> None:
-    seed_bookings(db, 20)
+    add_bookings(db, 20)
     handler = ScriptedHandler(delay=30)  # longer than the grace period
     async with Running(db_url, handler, worker_concurrency=5, shutdown_grace_seconds=0.5):
         await async_wait_until(lambda: _running(handler), timeout=10)
@@ -251,7 +245,7 @@ async def test_a_crashed_workers_claims_run_alone_and_only_a_repeat_offender_fai
         "('booking.created', 's2', 'processing', 1, 0, 'dead-worker', now()),"
         "('booking.created', 'poison', 'processing', 1, 2, 'dead-worker', now())"
     )
-    seed_bookings(db, 30)
+    add_bookings(db, 30)
     handler = ScriptedHandler(delay=0.02)
     async with Running(db_url, handler, max_crashes=3, worker_concurrency=8):
         await wait_all_finished(db, 33)
@@ -295,7 +289,7 @@ def test_manual_retry_forgets_failed_deliveries_and_keeps_sent_ones(
 async def test_stop_finishes_running_events_and_returns_unstarted_claims(
     db: psycopg.Connection, db_url: str
 ) -> None:
-    seed_bookings(db, 12)
+    add_bookings(db, 12)
     handler = ScriptedHandler(delay=0.3)
     async with Running(db_url, handler, worker_concurrency=1, claim_batch_size=10) as running:
         await async_wait_until(lambda: _running(handler), timeout=10)
@@ -312,7 +306,7 @@ async def test_handled_events_waiting_to_be_written_free_their_slot_up_to_a_cap(
 ) -> None:
     """While outcomes cannot be written, handled events no longer hold claim slots (the next
     claim overlaps the write), but a worker never holds more than twice its slots."""
-    seed_bookings(db, 30)
+    add_bookings(db, 30)
     handler = ScriptedHandler()
     slots = 1 + 4  # WORKER_CONCURRENCY + CLAIM_BATCH_SIZE
     with psycopg.connect(db_url) as blocker:
@@ -333,7 +327,7 @@ async def test_handled_events_waiting_to_be_written_free_their_slot_up_to_a_cap(
 
 async def test_an_outcome_the_database_refuses_fails_alone(db: psycopg.Connection, db_url: str) -> None:
     """A ledger row violating a constraint must not freeze the worker's other outcomes."""
-    seed_bookings(db, 6)
+    add_bookings(db, 6)
     bad = events(db)[2]["id"]
 
     def script(event: Event) -> Outcome:
@@ -342,7 +336,7 @@ async def test_an_outcome_the_database_refuses_fails_alone(db: psycopg.Connectio
 
     async with Running(db_url, ScriptedHandler(script)):
         await wait_all_finished(db, 6)
-        seed_bookings(db, 2)  # and the worker keeps going afterwards
+        add_bookings(db, 2)  # and the worker keeps going afterwards
         await wait_all_finished(db, 8)
     by_id = {e["id"]: e for e in events(db)}
     assert by_id[bad]["status"] == "failed"

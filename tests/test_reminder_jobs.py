@@ -155,7 +155,7 @@ async def test_new_reminders_ring_the_worker_doorbell(db: psycopg.Connection, db
     assert payloads == ["booking.reminder_due"]
 
 
-async def test_run_job_now_reminders_has_the_seed_shape(db_url: str) -> None:
+async def test_run_job_now_reminders_has_the_cron_shape(db_url: str) -> None:
     async with open_pool(db_url) as pool:
         result = await run_job_now(pool, job_settings(db_url), "reminders", "http", clock=fixed_clock())
 

@@ -23,6 +23,7 @@ PAYLOADS = {
     "booking.payment_due": {"outstanding": "600.00"},
     "vetting.decided": {"decision": "approved"},
     "whatsapp.inbound": {"command": "decline"},
+    "booking.declined_by_performer": {"command": "decline"},
 }
 #: The booking's status when its event is handled (a reminder is only for a confirmed booking).
 STATUSES = {"booking.reminder_due": "deposit_verified", "booking.cancelled": "cancelled"}

@@ -15,10 +15,11 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from listener.fake_providers import FakeProviders, worker_env
+from core.crontab import crontab_day_of_week
 from scheduler.runs import JOB_LOCK_CLASS, JOB_LOCK_IDS, MAX_TICK_ATTEMPTS, run_job_now, run_scheduled_tick
 from scheduler.service import CATCH_UP_INTERVAL_SECONDS, JobScheduler
-from scheduler.ticks import LocalCronTrigger, crontab_day_of_week, fire_times, previous_fire_time
+from scheduler.ticks import LocalCronTrigger, fire_times, previous_fire_time
+from testkit.fake_providers import FakeProviders, worker_env
 from tests.appdata import add_booking, add_client, add_performer, events
 from tests.jobtools import NOW, fixed_clock, job_runs, job_settings, open_pool
 from tests.processes import REPO

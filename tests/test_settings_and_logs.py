@@ -12,8 +12,8 @@ from pathlib import Path
 
 import structlog
 
-from listener.logs import configure_logging
-from listener.redaction import mask_phone, mask_text
+from core.logs import configure_logging
+from core.redaction import mask_phone, mask_text
 from tests.processes import REPO
 
 
@@ -59,7 +59,7 @@ def test_secret_values_are_not_echoed_in_errors() -> None:
 def settings_read_in(folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """`load_settings()` in a process started in `folder` (its `.env`), with `env` set."""
     script = (
-        "import json; from listener.settings import load_settings; s = load_settings();"
+        "import json; from core.settings import load_settings; s = load_settings();"
         " print(json.dumps([s.worker_concurrency, s.from_email, s.log_level, s.port]))"
     )
     names = ("WORKER_CONCURRENCY", "FROM_EMAIL", "LOG_LEVEL", "PORT")

@@ -106,7 +106,7 @@ def test_inlined_templates_render_exactly_as_jinja_would(path: str, role: str, a
 
 
 def test_builders_work_in_a_plain_script_without_a_router() -> None:
-    """The seed's get_*_email builders are usable on their own (no daemon, no router)."""
+    """The platform's get_*_email builders are usable on their own (no daemon, no router)."""
     import os
     import subprocess
     import sys

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from twilio.request_validator import RequestValidator
 
-from listener.fake_providers import FakeProviders
+from testkit.fake_providers import FakeProviders
 from tests.appdata import add_booking, add_client, add_performer, events
 from tests.httpapp import BASE_URL, LiveSurface, live_surface
 from tests.notifyharness import provider_settings, running_router, wait_finished
@@ -215,7 +215,7 @@ async def test_decline_records_the_refusal_and_alerts_the_admin(
     ).fetchall()
     assert alert[:3] == ("admin", booking["id"], "booking_declined")
     assert "DJ Nova declined booking" in alert[3]
-    [event] = [e for e in events(db) if e["kind"] == "whatsapp.inbound"]
+    [event] = [e for e in events(db) if e["kind"] == "booking.declined_by_performer"]
     assert event["subject_id"] == booking["id"]
     assert event["payload"]["command"] == "decline"
     assert event["payload"]["reference"] == booking["reference"]
@@ -229,7 +229,7 @@ async def test_decline_records_the_refusal_and_alerts_the_admin(
     assert f"DJ Nova declined booking {booking['reference']}" in alerted.body["Body"]
     [row] = db.execute(
         "SELECT d.recipient, d.template, d.status FROM worker.deliveries d"
-        " JOIN worker.events e ON e.id = d.event_id WHERE e.kind = 'whatsapp.inbound'"
+        " JOIN worker.events e ON e.id = d.event_id WHERE e.kind = 'booking.declined_by_performer'"
     ).fetchall()
     assert row == (ADMIN, "booking_declined_admin", "sent")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from listener.settings import Settings
+from core.settings import Settings
 
 
 def fast_settings(db_url: str, **overrides: Any) -> Settings:

@@ -1,7 +1,7 @@
-"""The seed's cron endpoints: `GET /api/cron/cleanup` and `GET /api/cron/reminders`.
+"""The platform's cron endpoints: `GET /api/cron/cleanup` and `GET /api/cron/reminders`.
 
 Same contract as the Vercel routes they replace: `Authorization: Bearer $CRON_SECRET`, the
-jobs run now (through the scheduler's once-at-a-time bookkeeping) and the answer is the seed's
+jobs run now (through the scheduler's once-at-a-time bookkeeping) and the answer is the platform's
 JSON summary. Never open by default: without CRON_SECRET they answer 503.
 """
 
@@ -40,7 +40,7 @@ def _cron_endpoint(job: str):  # type: ignore[no-untyped-def]
         log.info("http.cron_run", job=job)
         try:
             summary = await run_job_now(surface.pool, surface.settings, job, trigger="http")
-        except Exception as exc:  # the seed's route answers 500 with the error (masked), never a bare crash
+        except Exception as exc:  # as the platform's route: 500 with the (masked) error, never a crash
             log.error("http.cron_failed", job=job, exc_info=True)
             return JSONResponse({"success": False, "error": error_text(exc)}, status_code=500)
         # A job with failed steps still reports its summary, with 500 so cron monitors notice.

@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from core.metrics import METRICS
 from listener.http.surface import Surface, read_queue_stats
-from listener.metrics import METRICS
 
 log = structlog.get_logger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Protocol
 
 from psycopg_pool import AsyncConnectionPool
 
-from listener.metrics import METRICS
+from core.metrics import METRICS
+from core.settings import Settings
 from listener.queries import QUERIES
-from listener.settings import Settings
 
 #: A health probe must answer quickly even when the database does not.
 DATABASE_TIMEOUT_SECONDS = 3.0

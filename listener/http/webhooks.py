@@ -19,10 +19,10 @@ from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
-from handlers.inbound import apply_inbound_message
+from core.metrics import METRICS
+from core.queries import load_queries
+from handlers.inbound.apply import apply_inbound_message
 from listener.http.surface import Surface
-from listener.metrics import METRICS
-from listener.queries import load_queries
 
 log = structlog.get_logger(__name__)
 

@@ -16,11 +16,11 @@ from typing import Any
 import click
 import psycopg
 
-from listener.bench import scenarios
-from listener.bench.provider import FakeProviderProcess
-from listener.embedded import start_embedded_server
-from listener.logs import configure_logging
-from listener.settings import load_settings
+from core.embedded import start_embedded_server
+from core.logs import configure_logging
+from core.settings import load_settings
+from testkit.bench import scenarios
+from testkit.bench.provider import FakeProviderProcess
 
 SCENARIOS = ("drain", "latency", "slow", "memory", "writers")
 

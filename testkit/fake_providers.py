@@ -10,7 +10,7 @@ One server serves both: point TWILIO_API_BASE_URL and RESEND_API_URL at `fake.ur
     fake.queue("twilio", Reply(429, retry_after=1))
     ...; fake.stop()
 
-or as a process: `python -m listener.fake_providers --port 8099 [--latency 0.15]`, scripted over
+or as a process: `python -m testkit.fake_providers --port 8099 [--latency 0.15]`, scripted over
 HTTP: GET /_fake/requests, POST /_fake/reset, POST /_fake/script with a JSON body
 {"provider": "twilio", "queue": [{"status": 429}], "outage": {"status": 500} | null,
  "reject": {"whatsapp:+61400000009": {"status": 400, "code": 21211}}, "latency": 0.15}.

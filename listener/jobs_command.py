@@ -1,4 +1,4 @@
-"""`flavor-worker jobs run cleanup|reminders|all`: run a job now and print the seed's JSON.
+"""`flavor-worker jobs run cleanup|reminders|all`: run a job now and print its JSON summary.
 
 stdout carries only the JSON (so it pipes into `jq`); logs go to stderr. Exit code 0 when every
 step succeeded, 1 when a step reported errors or the database was unreachable.
@@ -14,9 +14,9 @@ from typing import Any, Literal
 import click
 import psycopg
 
-from listener.db import create_pool, resolve_database_url
-from listener.logs import configure_logging
-from listener.settings import Settings, load_settings
+from core.db import create_pool, resolve_database_url
+from core.logs import configure_logging
+from core.settings import Settings, load_settings
 from scheduler.batches import error_text
 from scheduler.runs import run_job_now
 

@@ -13,7 +13,7 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from listener.settings import Settings
+from core.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +47,7 @@ def resolve_database_url(settings: Settings) -> str:
     """DATABASE_URL when set, else the embedded server (started on first use)."""
     if settings.database_url:
         return settings.database_url
-    from listener.embedded import start_embedded_server
+    from core.embedded import start_embedded_server
 
     return start_embedded_server(Path(settings.embedded_data_dir))
 

@@ -4,8 +4,8 @@ A performer's `ACCEPT FE-1001` updates their booking's status in one transaction
 `audit_logs` row; the booking trigger turns it into `booking.accepted`, so the client hears of
 it through the same event → delivery path as any other change. `DECLINE` changes no booking:
 it records the refusal (audit row), leaves an in-app alert for the admins and emits a
-`whatsapp.inbound` event for the router to send the admin a WhatsApp. `STATUS` and `HELP` only
-answer. Whatever is not the sender's to do (someone else's booking, an unknown number, an
+`booking.declined_by_performer` event for the router to send the admin a WhatsApp. `STATUS`
+and `HELP` only answer. Whatever is not the sender's to do (someone else's booking, an unknown number, an
 unknown command) writes nothing and gets a polite answer.
 """
 
@@ -24,16 +24,16 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from handlers.commands import CommandAction, WhatsAppCommand, parse_whatsapp_command
+from core.queries import load_queries
+from core.settings import Settings
 from handlers.contract import PermanentDeliveryError
+from handlers.inbound.commands import CommandAction, WhatsAppCommand, parse_whatsapp_command
 from handlers.models import format_local
 from handlers.phones import to_e164
-from listener.queries import load_queries
-from listener.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-QUERIES = load_queries(Path(__file__).with_name("inbound.sql"))
+QUERIES = load_queries(Path(__file__).with_name("queries.sql"))
 
 #: A performer may accept once the deposit is verified (the lifecycle's last step before `accepted`).
 ACCEPTABLE_FROM = frozenset({"deposit_verified"})
@@ -59,8 +59,8 @@ UNKNOWN_COMMAND_TEXT = "Sorry, we didn't understand that. Reply HELP to see the 
 
 
 @dataclass(frozen=True, slots=True)
-class Person:
-    """Someone the sender's number belongs to."""
+class SenderIdentity:
+    """Who a number belongs to: the admin, or a client or performer (a number may be several)."""
 
     role: Role
     id: str | None
@@ -102,23 +102,25 @@ async def apply_inbound_message(
             return await _apply_to_booking(conn, command, people)
 
 
-async def identify_sender(conn: psycopg.AsyncConnection, settings: Settings, sender: str) -> list[Person]:
+async def identify_sender(
+    conn: psycopg.AsyncConnection, settings: Settings, sender: str
+) -> list[SenderIdentity]:
     """Everyone whose normalised number is the sender's: performers, clients, the admin."""
     region = settings.default_phone_region
     try:
         number = to_e164(sender, region)
     except PermanentDeliveryError:
         return []
-    people: list[Person] = []
+    people: list[SenderIdentity] = []
     if settings.admin_whatsapp and _same_number(settings.admin_whatsapp, number, region):
-        people.append(Person("admin", None, "admin"))
+        people.append(SenderIdentity("admin", None, "admin"))
     # Stored numbers are as typed ("0400 000 002"): narrow by trailing digits in SQL, confirm here.
     digits = str(phonenumbers.parse(number).national_number)
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(QUERIES["people_by_phone_digits"], {"digits": digits})
     for row in await cur.fetchall():
         if _same_number(row["phone"], number, region):
-            people.append(Person(row["role"], row["id"], row["name"]))
+            people.append(SenderIdentity(row["role"], row["id"], row["name"]))
     return people
 
 
@@ -130,7 +132,7 @@ def _same_number(raw: str, e164: str, region: str) -> bool:
 
 
 async def _apply_to_booking(
-    conn: psycopg.AsyncConnection, command: WhatsAppCommand, people: list[Person]
+    conn: psycopg.AsyncConnection, command: WhatsAppCommand, people: list[SenderIdentity]
 ) -> InboundResult:
     """ACCEPT, DECLINE or STATUS of one booking, inside the caller's transaction."""
     cur = conn.cursor(row_factory=dict_row)
@@ -158,7 +160,9 @@ async def _apply_to_booking(
     return await _decline(conn, booking, performer)
 
 
-async def _accept(conn: psycopg.AsyncConnection, booking: dict[str, Any], performer: Person) -> InboundResult:
+async def _accept(
+    conn: psycopg.AsyncConnection, booking: dict[str, Any], performer: SenderIdentity
+) -> InboundResult:
     reference, status = booking["reference"], booking["status"]
     if status == "accepted":
         return InboundResult(
@@ -182,7 +186,7 @@ async def _accept(conn: psycopg.AsyncConnection, booking: dict[str, Any], perfor
 
 
 async def _decline(
-    conn: psycopg.AsyncConnection, booking: dict[str, Any], performer: Person
+    conn: psycopg.AsyncConnection, booking: dict[str, Any], performer: SenderIdentity
 ) -> InboundResult:
     reference, status = booking["reference"], booking["status"]
     if status not in DECLINABLE_FROM:
@@ -210,7 +214,7 @@ async def _decline(
         "status": status,
     }
     await conn.execute(
-        QUERIES["emit_inbound_event"], {"booking_id": booking["id"], "payload": Jsonb(payload)}
+        QUERIES["emit_declined_event"], {"booking_id": booking["id"], "payload": Jsonb(payload)}
     )
     log.info("inbound.booking_declined", booking_id=booking["id"], performer_id=performer.id)
     return InboundResult(
@@ -223,7 +227,7 @@ async def _decline(
 
 
 async def _audit(
-    conn: psycopg.AsyncConnection, action: str, booking: dict[str, Any], performer: Person
+    conn: psycopg.AsyncConnection, action: str, booking: dict[str, Any], performer: SenderIdentity
 ) -> None:
     details = {"source": "whatsapp", "reference": booking["reference"], "status_before": booking["status"]}
     await conn.execute(
@@ -237,7 +241,7 @@ async def _audit(
     )
 
 
-async def _list_open_bookings(conn: psycopg.AsyncConnection, people: list[Person]) -> str:
+async def _list_open_bookings(conn: psycopg.AsyncConnection, people: list[SenderIdentity]) -> str:
     ids = [p.id for p in people if p.id is not None]
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(QUERIES["open_bookings_of_person"], {"ids": ids, "limit": STATUS_LIST_LIMIT})
@@ -265,5 +269,5 @@ def _status_words(status: str) -> str:
     return status.replace("_", " ")
 
 
-def _find(people: Iterable[Person], role: Role, person_id: str | None) -> Person | None:
+def _find(people: Iterable[SenderIdentity], role: Role, person_id: str | None) -> SenderIdentity | None:
     return next((p for p in people if p.role == role and p.id == person_id), None)

@@ -1,4 +1,4 @@
--- The queries of handlers/inbound.py (applying WhatsApp commands), each under a `-- name:` header.
+-- The queries of handlers/inbound/apply.py (applying WhatsApp commands), each under a `-- name:` header.
 
 -- name: people_by_phone_digits
 -- Performers and clients whose stored phone ends with the sender's national digits (confirmed in Python).
@@ -44,6 +44,6 @@ VALUES (%(action)s, 'booking', 'booking', %(booking_id)s, %(actor)s, %(details)s
 INSERT INTO public.notifications (recipient_type, booking_id, type, title, message)
 VALUES ('admin', %(booking_id)s::uuid, %(type)s, %(title)s, %(message)s);
 
--- name: emit_inbound_event
--- A whatsapp.inbound outbox event, so the router can alert the admin on WhatsApp.
-SELECT worker.emit_event('whatsapp.inbound', %(booking_id)s, %(payload)s);
+-- name: emit_declined_event
+-- A booking.declined_by_performer outbox event, so the router alerts the admin on WhatsApp.
+SELECT worker.emit_event('booking.declined_by_performer', %(booking_id)s, %(payload)s);

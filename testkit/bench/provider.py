@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from listener.bench.processes import REPO
-from listener.fake_providers import worker_env
+from testkit.bench.processes import REPO
+from testkit.fake_providers import worker_env
 
 #: What identifies a benchmark message: a booking reference, or an OTP recipient.
 _KEY = re.compile(r"BENCH-\w+-\d+|otp-\w+-\d+@bench\.example")
@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 
 class FakeProviderProcess:
-    """`python -m listener.fake_providers` on a free port, controlled over its HTTP API."""
+    """`python -m testkit.fake_providers` on a free port, controlled over its HTTP API."""
 
     def __init__(self, workdir: Path) -> None:
         self.port = _free_port()
@@ -39,7 +39,7 @@ class FakeProviderProcess:
 
     def __enter__(self) -> FakeProviderProcess:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "listener.fake_providers", "--port", str(self.port)],
+            [sys.executable, "-m", "testkit.fake_providers", "--port", str(self.port)],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import psycopg
 
-from listener.embedded import embedded_bin_dir
+from core.embedded import embedded_bin_dir
 
 #: References of benchmark bookings: `BENCH-<run>-<n>`; messages are matched back by them.
 REFERENCE = "BENCH-{run}-{n}"
 
-_SEED_PARTIES = """
+_INSERT_PARTIES = """
 INSERT INTO clients (full_name, email, phone) VALUES ('Bench Client', 'client@bench.example', '0400 000 002')
 RETURNING id
 """
-_SEED_PERFORMER = """
+_INSERT_PERFORMER = """
 INSERT INTO performers (stage_name, full_name, email, phone)
 VALUES ('DJ Bench', 'Bench Performer', 'performer@bench.example', '+61400000003')
 RETURNING id
@@ -53,9 +53,9 @@ class Parties:
     performer_id: str
 
 
-def seed_parties(conn: psycopg.Connection) -> Parties:
-    client = conn.execute(_SEED_PARTIES).fetchone()
-    performer = conn.execute(_SEED_PERFORMER).fetchone()
+def insert_parties(conn: psycopg.Connection) -> Parties:
+    client = conn.execute(_INSERT_PARTIES).fetchone()
+    performer = conn.execute(_INSERT_PERFORMER).fetchone()
     assert client and performer
     return Parties(str(client[0]), str(performer[0]))
 

@@ -1,7 +1,7 @@
 """Every setting of the worker, read from the environment and `.env`.
 
-One class, so a reader finds where a knob comes from in one place. The seed's names
-(TWILIO_*, RESEND_API_KEY, ADMIN_*, FROM_EMAIL, CRON_SECRET, NEXT_PUBLIC_APP_URL) are kept
+One class, so a reader finds where a knob comes from in one place. The booking platform's
+names (TWILIO_*, RESEND_API_KEY, ADMIN_*, FROM_EMAIL, CRON_SECRET, NEXT_PUBLIC_APP_URL) are kept
 as they are so an existing deployment's config vars carry over unchanged.
 
 Each field is read from the upper-cased variable of its name by environs, which parses it by
@@ -28,7 +28,7 @@ from marshmallow import ValidationError
 from marshmallow.validate import OneOf, Range
 from psycopg.conninfo import conninfo_to_dict
 
-from scheduler.ticks import LocalCronTrigger
+from core.crontab import crontab_trigger
 
 #: Exit code for a configuration error (as `sysexits` EX_USAGE-ish; 1 stays "runtime failure").
 CONFIG_ERROR_EXIT = 2
@@ -43,7 +43,7 @@ def _known_timezone(value: str) -> None:
 
 def _valid_crontab(value: str) -> None:
     try:
-        LocalCronTrigger(value, UTC)
+        crontab_trigger(value, UTC)
     except ValueError as exc:
         raise ValidationError(f"not a crontab expression: {exc}") from exc
 
@@ -108,7 +108,7 @@ class Settings:
     shutdown_grace_seconds: PositiveFloat = 20.0
     db_pool_max_size: PositiveInt = 8
 
-    # --- Twilio / WhatsApp (seed names) -------------------------------------------------
+    # --- Twilio / WhatsApp (the platform's names) -------------------------------------------
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = _secret()
     twilio_whatsapp_number: str | None = None
@@ -120,7 +120,7 @@ class Settings:
     whatsapp_content_templates: StringMap = field(default_factory=dict)
     default_phone_region: str = "AU"
 
-    # --- Resend / email (seed names) ----------------------------------------------------
+    # --- Resend / email (the platform's names) ----------------------------------------------
     resend_api_key: str | None = _secret()
     admin_email: str | None = None
     from_email: str = "bookings@flavorentertainers.com.au"

@@ -18,17 +18,17 @@ from typing import Any
 
 import psycopg
 
-from listener.bench.processes import DaemonProcess
-from listener.bench.provider import FakeProviderProcess
-from listener.bench.workload import (
+from listener.migrate import migrate
+from testkit.bench.processes import DaemonProcess
+from testkit.bench.provider import FakeProviderProcess
+from testkit.bench.workload import (
     PendingSampler,
     insert_bookings,
+    insert_parties,
     max_rate_status_updates,
     produce_bookings,
     produce_otps,
-    seed_parties,
 )
-from listener.migrate import migrate
 
 #: Worker settings common to every scenario: quiet logs, no scheduler, fast polling.
 BASE_ENV = {"LOG_LEVEL": "WARNING", "SCHEDULER_ENABLED": "false"}
@@ -155,7 +155,7 @@ def _drain(bench: Bench, n: int, env: dict[str, str]) -> tuple[float, float]:
     """
     with bench.database() as db:
         with psycopg.connect(db, autocommit=True) as conn:
-            insert_bookings(conn, seed_parties(conn), bench.run_id, n)
+            insert_bookings(conn, insert_parties(conn), bench.run_id, n)
         with bench.worker(db, env) as worker:
             _wait_finished(db, n, timeout=600)
             rss_after = worker.rss_mb()
@@ -194,7 +194,7 @@ def latency_null(bench: Bench) -> dict[str, Any]:
     """Steady bookings; commit -> ledger record of the first message (null transport)."""
     with bench.database() as db:
         with psycopg.connect(db, autocommit=True) as conn:
-            parties = seed_parties(conn)
+            parties = insert_parties(conn)
         with bench.worker(db, {"MESSAGE_TRANSPORT": "null"}):
             sizes = bench.sizes
             run = produce_bookings(db, parties, bench.run_id, sizes.steady_rate, sizes.steady_seconds)
@@ -222,7 +222,7 @@ def latency_sdk(bench: Bench, provider: FakeProviderProcess) -> dict[str, Any]:
     provider.reset(latency_ms=0)
     with bench.database() as db:
         with psycopg.connect(db, autocommit=True) as conn:
-            parties = seed_parties(conn)
+            parties = insert_parties(conn)
         with bench.worker(db, {**provider.worker_env(), **UNTHROTTLED}):
             bookings = produce_bookings(
                 db, parties, bench.run_id, bench.sizes.steady_rate, bench.sizes.steady_seconds
@@ -298,7 +298,7 @@ def writers_at_max_rate(bench: Bench) -> dict[str, Any]:
     sizes = bench.sizes
     with bench.database() as db:
         with psycopg.connect(db, autocommit=True) as conn:
-            insert_bookings(conn, seed_parties(conn), bench.run_id, sizes.writer_bookings,
+            insert_bookings(conn, insert_parties(conn), bench.run_id, sizes.writer_bookings,
                             silent=True, status="approved")
         with bench.worker(db, {"MESSAGE_TRANSPORT": "null"}), PendingSampler(db) as sampler:
             load = max_rate_status_updates(db, bench.run_id, sizes.writer_bookings, sizes.writer_seconds)

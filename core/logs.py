@@ -13,7 +13,7 @@ from typing import TextIO
 
 import structlog
 
-from listener.redaction import redact_processor, register_secrets
+from core.redaction import redact_processor, register_secrets
 
 
 def configure_logging(
