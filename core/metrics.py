@@ -47,6 +47,10 @@ class WorkerMetrics:
             "flavor_job_runs", "Scheduled job runs by job and outcome", ["job", "outcome"],
             registry=r,
         )
+        self.circuit_state = Gauge(
+            "flavor_provider_circuit_state", "Provider circuit: 0 closed, 1 open, 2 half-open (probing)",
+            ["provider"], registry=r,
+        )
         self.reconnects = Counter(
             "flavor_listener_reconnects", "Reconnections of the LISTEN connection", registry=r
         )

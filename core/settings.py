@@ -55,12 +55,21 @@ def _string_to_string(value: dict[str, str]) -> None:
         raise ValidationError('must be a JSON object of strings, e.g. {"booking_approved": "HX..."}')
 
 
+def _kind_seconds(value: dict[str, float]) -> None:
+    if not isinstance(value, dict) or not all(
+        isinstance(key, str) and isinstance(item, int | float) and not isinstance(item, bool) and item > 0
+        for key, item in value.items()
+    ):
+        raise ValidationError('must be a JSON object of positive seconds, e.g. {"booking.created": 3600}')
+
+
 PositiveInt = Annotated[int, Range(min=1)]
 PositiveFloat = Annotated[float, Range(min=0, min_inclusive=False)]
 Port = Annotated[int, Range(min=1, max=65535)]
 Crontab = Annotated[str, _valid_crontab]
 TimeZoneName = Annotated[str, _known_timezone]
 StringMap = Annotated[dict[str, str], _string_to_string]
+KindSeconds = Annotated[dict[str, float], _kind_seconds]
 
 
 class SettingsError(ValueError):
@@ -100,11 +109,20 @@ class Settings:
     poll_interval_seconds: PositiveFloat = 2.0
     heartbeat_seconds: PositiveFloat = 2.0
     stale_after_seconds: PositiveFloat = 10.0
-    max_attempts: PositiveInt = 10
-    #: Worker deaths while holding an event before it fails (after the first, it runs alone).
+    #: Times an event's worker died while the event ran alone before it fails (a crash that
+    #: took a group of events down halves the group first: bisection).
     max_crashes: PositiveInt = 3
     retry_base_seconds: PositiveFloat = 2.0
     retry_max_seconds: PositiveFloat = 3600.0
+    #: How long after its creation an event keeps being retried; per kind in EVENT_DEADLINES
+    #: (JSON, kind -> seconds). An event's own expiry (reminders, OTP codes) comes first.
+    event_deadline_seconds: PositiveFloat = 86400.0
+    event_deadlines: KindSeconds = field(default_factory=dict)
+    #: Consecutive provider failures (5xx, timeouts) that open its circuit, and how long it then
+    #: stays open before one probe request is let through (doubling while probes fail).
+    circuit_failure_threshold: PositiveInt = 5
+    circuit_open_seconds: PositiveFloat = 15.0
+    circuit_max_open_seconds: PositiveFloat = 120.0
     shutdown_grace_seconds: PositiveFloat = 20.0
     db_pool_max_size: PositiveInt = 8
 
@@ -155,6 +173,8 @@ class Settings:
     port: Port | None = None
     webhook_base_url: str | None = None
     health_max_pending_age_seconds: PositiveFloat = 300.0
+    #: A provider circuit open this long makes /healthz answer 503.
+    health_max_circuit_open_seconds: PositiveFloat = 600.0
 
     def __post_init__(self) -> None:
         self.default_phone_region = self.default_phone_region.upper()
@@ -169,6 +189,10 @@ class Settings:
                 f"WORKER_RETENTION_DAYS ({self.worker_retention_days}) must be longer than the reminder"
                 f" windows ({window_days:g} days), or reminders would be sent again"
             ])
+
+    def deadline_seconds(self, kind: str) -> float:
+        """How long after its creation an event of `kind` is retried (EVENT_DEADLINES first)."""
+        return self.event_deadlines.get(kind, self.event_deadline_seconds)
 
     @classmethod
     def from_env(cls, env_file: str | None = ".env") -> Settings:

@@ -1,13 +1,16 @@
 """The small interface between the claim loop (`listener`) and what handles events.
 
 The claim loop hands a batch of `Event`s to an `EventHandler`, gets one `Outcome` per event
-and alone decides, from it, whether the event is done, retried or failed.
+and alone decides, from it, whether the event is done, retried or failed. Each message's
+`DeliveryRecord` is handed back the moment it exists (`RecordDelivery`), not with the outcome:
+the claim loop makes it durable within one flush, so a provider's acceptance is on record even
+if the event itself never finishes (SIGTERM, `kill -9`, a slow sibling message).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -15,12 +18,25 @@ DeliveryStatus = Literal["sent", "failed", "skipped", "simulated"]
 
 
 class TransientDeliveryError(Exception):
-    """Retrying later can succeed (timeouts, 5xx, rate limits). `retry_after` in seconds."""
+    """Retrying later can succeed (timeouts, 5xx, rate limits). `retry_after` in seconds.
 
-    def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None):
+    `throttled` marks a refusal that says nothing about the message: the provider's rate limit
+    (429), our own quota, or an open circuit (the provider was not even asked). The claim loop
+    counts no attempt for it and waits `retry_after`, without growing the backoff.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        code: str | None = None,
+        throttled: bool = False,
+    ):
         super().__init__(message)
         self.retry_after = retry_after
         self.code = code
+        self.throttled = throttled
 
 
 class PermanentDeliveryError(Exception):
@@ -58,18 +74,23 @@ class DeliveryRecord:
     error_message: str | None = None
 
 
+#: Called by a handler with each delivery's record as soon as it is known (sent, failed,
+#: skipped); the claim loop writes it to the ledger whatever becomes of the event.
+RecordDelivery = Callable[[DeliveryRecord], None]
+
+
 @dataclass(slots=True)
 class Outcome:
-    """What handling one event produced.
+    """What handling one event came to.
 
-    `deliveries` are recorded whatever happens next; `error` set means the event is not done:
-    a `TransientDeliveryError` retries it, anything else fails it. `payload`, when set,
-    replaces the stored payload (used to scrub what must not stay in the outbox).
+    `error` set means the event is not done: a `TransientDeliveryError` retries it, anything
+    else fails it. `payload`, when set, replaces the stored payload (used to scrub what must not
+    stay in the outbox). `deliveries` counts the records reported (for the log line).
     """
 
-    deliveries: list[DeliveryRecord] = field(default_factory=list)
     error: Exception | None = None
     payload: dict[str, Any] | None = None
+    deliveries: int = 0
 
 
 class EventHandler(Protocol):
@@ -78,5 +99,6 @@ class EventHandler(Protocol):
     async def prepare(self, events: Sequence[Event]) -> Any:
         """Load, in as few queries as possible, what the batch's messages need."""
 
-    async def handle(self, event: Event, context: Any) -> Outcome:
-        """Handle one event; never raise for a delivery problem, report it in the Outcome."""
+    async def handle(self, event: Event, context: Any, record: RecordDelivery) -> Outcome:
+        """Handle one event, passing each delivery's record to `record` as soon as it is made;
+        never raise for a delivery problem, report it in the Outcome."""

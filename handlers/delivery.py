@@ -26,7 +26,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import structlog
 
 from core.metrics import METRICS
-from handlers.contract import DeliveryRecord, PermanentDeliveryError, TransientDeliveryError
+from handlers.contract import (
+    DeliveryRecord,
+    PermanentDeliveryError,
+    RecordDelivery,
+    TransientDeliveryError,
+)
 from handlers.models import MessageContext, Person
 from handlers.phones import to_e164
 from handlers.rendering import Rendered, Templates
@@ -182,12 +187,18 @@ class DeliveryScope:
     """The deliveries of one event (or of a direct call, with `event_id` None)."""
 
     def __init__(
-        self, dispatcher: Dispatcher, event_id: int | None = None, already: frozenset[str] = frozenset()
+        self,
+        dispatcher: Dispatcher,
+        event_id: int | None = None,
+        already: frozenset[str] = frozenset(),
+        on_record: RecordDelivery | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.settings = dispatcher.settings
         self.event_id = event_id
         self.already = already
+        #: Where each record goes the moment it is made (the claim loop's ledger writer).
+        self.on_record = on_record
         self.records: list[DeliveryRecord] = []
         self.transient: TransientDeliveryError | None = None
         self._claimed: set[str] = set()
@@ -400,6 +411,8 @@ class DeliveryScope:
 
     def record(self, record: DeliveryRecord) -> DeliveryRecord:
         self.records.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
         _delivery_counter(record.channel, record.status).inc()
         return record
 

@@ -133,5 +133,7 @@ def _resend_error(exc: resend.exceptions.ResendError) -> Exception:
     code = str(exc.error_type or status)
     if status == 429 or status >= 500 or code in _RETRYABLE_CLIENT_ERRORS:
         message = "resend: timed out" if code == "timeout" else f"resend: {code}"
-        return TransientDeliveryError(message, code=code, retry_after=retry_after_seconds(exc.headers))
+        return TransientDeliveryError(
+            message, code=code, retry_after=retry_after_seconds(exc.headers), throttled=status == 429
+        )
     return PermanentDeliveryError(f"resend: {exc.message}", code=code)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from core.queries import load_queries
-from handlers.contract import Event, Outcome, PermanentDeliveryError, TransientDeliveryError
+from handlers.contract import Event, Outcome, PermanentDeliveryError, RecordDelivery, TransientDeliveryError
 from handlers.delivery import (
     DeliveryScope,
     Dispatcher,
@@ -39,7 +39,7 @@ from handlers.email import (
 )
 from handlers.in_app import add_in_app_notifications
 from handlers.models import Application, Booking, MessageContext, OtpCode, Person
-from handlers.transports import build_transports
+from handlers.transports import build_transports, circuit_breakers
 from handlers.whatsapp import (
     notify_booking_accepted,
     notify_booking_approved,
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
     from core.settings import Settings
+    from handlers.circuit import CircuitBreaker
 
 log = structlog.get_logger(__name__)
 
@@ -120,35 +121,41 @@ class NotificationRouter:
             rows = await cur.fetchall()
         return {row[0]: _event_data(row) for row in rows}
 
-    async def handle(self, event: Event, context: dict[int, EventData]) -> Outcome:
-        return await handle_event(self.dispatcher, event, context.get(event.id) or NO_DATA)
+    async def handle(self, event: Event, context: dict[int, EventData], record: RecordDelivery) -> Outcome:
+        return await handle_event(self.dispatcher, event, context.get(event.id) or NO_DATA, record)
+
+    def circuits(self) -> list[CircuitBreaker]:
+        """The provider circuit breakers, for /healthz."""
+        return circuit_breakers(self.dispatcher.transports)
 
     async def close(self) -> None:
         """Close the providers' HTTP clients (on daemon shutdown)."""
         await self.dispatcher.close()
 
 
-async def handle_event(dispatcher: Dispatcher, event: Event, data: EventData) -> Outcome:
+async def handle_event(
+    dispatcher: Dispatcher, event: Event, data: EventData, record: RecordDelivery | None = None
+) -> Outcome:
     """Send what `event` calls for; every problem is reported in the Outcome, never raised.
 
-    Whatever was sent before a failure is in `Outcome.deliveries`, so the ledger keeps it and a
-    retry does not send it twice.
+    Each message's record goes to `record` as soon as it is made, so what was sent before a
+    failure (or before the process stops) is in the ledger, and a retry does not send it twice.
     """
     sender = SENDERS.get(event.kind)
     if sender is None:  # not a notification event (e.g. booking.completed): nothing to send
         return Outcome()
-    scope = DeliveryScope(dispatcher, event.id, data.ledger)
+    scope = DeliveryScope(dispatcher, event.id, data.ledger, record)
     with delivering(scope):
         try:
             await sender(event, data)
         except PermanentDeliveryError as exc:
-            return Outcome(deliveries=scope.records, error=exc)
+            return Outcome(error=exc, deliveries=len(scope.records))
         except Exception as exc:  # a bug or an unmapped failure: keep what went out, retry the rest
             log.exception("event.delivery_crashed", event_id=event.id, kind=event.kind)
             first_line = next(iter(str(exc).splitlines()), "")  # a DETAIL line may quote personal data
             error = TransientDeliveryError(f"{type(exc).__name__}: {first_line}", code="unexpected")
-            return Outcome(deliveries=scope.records, error=error)
-    return Outcome(deliveries=scope.records, error=scope.transient)
+            return Outcome(error=error, deliveries=len(scope.records))
+    return Outcome(error=scope.transient, deliveries=len(scope.records))
 
 
 # ---------------------------------------------------------------------------- per event kind

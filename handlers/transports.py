@@ -10,11 +10,13 @@ errors to `PermanentDeliveryError` / `TransientDeliveryError` at their edge.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import psycopg
 import structlog
 
+from handlers.circuit import CircuitBreaker, CircuitBreakingTransport
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent, Transport
 
@@ -123,7 +125,7 @@ def _whatsapp(settings: Settings) -> Transport:
     if settings.message_transport == "auto" and settings.twilio_configured:
         from handlers.twilio_transport import TwilioWhatsApp
 
-        return TwilioWhatsApp(settings)
+        return _behind_breaker(TwilioWhatsApp(settings), settings)
     return ConsoleTransport("whatsapp")
 
 
@@ -131,5 +133,21 @@ def _email(settings: Settings) -> Transport:
     if settings.message_transport == "auto" and settings.resend_configured:
         from handlers.resend_transport import ResendEmail
 
-        return ResendEmail(settings)
+        return _behind_breaker(ResendEmail(settings), settings)
     return ConsoleTransport("email")
+
+
+def _behind_breaker(transport: Transport, settings: Settings) -> Transport:
+    breaker = CircuitBreaker(
+        transport.name,
+        failure_threshold=settings.circuit_failure_threshold,
+        open_seconds=settings.circuit_open_seconds,
+        max_open_seconds=settings.circuit_max_open_seconds,
+        probe_wait=settings.provider_timeout_seconds,
+    )
+    return CircuitBreakingTransport(transport, breaker)
+
+
+def circuit_breakers(transports: Mapping[str, Transport]) -> list[CircuitBreaker]:
+    """The breakers of the provider transports (none for console, null and in-app)."""
+    return [t.breaker for t in transports.values() if isinstance(t, CircuitBreakingTransport)]

@@ -55,6 +55,7 @@ class _TwilioHttpClient(AsyncTwilioHttpClient):
                 f"twilio: HTTP {response.status_code}",
                 code=code,
                 retry_after=retry_after_seconds(response.headers),
+                throttled=response.status_code == 429,
             )
         return response
 

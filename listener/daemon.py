@@ -97,7 +97,8 @@ async def run_daemon(settings: Settings, conninfo: str) -> None:
         # Imported only when asked for: a worker dyno without PORT does not carry the web stack.
         from listener.http import HttpServer, Surface, create_app
 
-        http = HttpServer(create_app(Surface(settings, pool, stream, scheduler)), settings.port)
+        surface = Surface(settings, pool, stream, scheduler, handler.circuits())
+        http = HttpServer(create_app(surface), settings.port)
     http_failed = False
     worker_task = asyncio.create_task(worker.run(), name="worker")
     stop_task = asyncio.create_task(stop.wait(), name="stop-signal")

@@ -5,11 +5,14 @@
 -- cost of a batch's completion.
 
 -- name: claim_batch
--- Claim up to %(limit)s due events, oldest first, subject by subject (sql/006: the plan is pinned).
-SELECT * FROM worker.claim_events(%(worker_id)s::text, %(limit)s::integer, %(suspects)s::boolean);
+-- Claim up to %(limit)s due events, oldest first, subject by subject (sql/006: the plan is pinned),
+-- or a group of suspects (sql/008).
+SELECT * FROM worker.claim_events_v2(%(worker_id)s::text, %(limit)s::integer, %(suspects)s::boolean);
 
 -- name: complete_events
--- Record a batch's outcomes and its ledger rows in ONE statement (atomic, one round trip).
+-- Record ledger rows and outcomes in ONE statement (atomic, one round trip). A ledger row comes
+-- as soon as its message was handed over, often before its event's outcome (which may never
+-- come from this worker: SIGTERM, kill -9); an outcome comes after all its event's rows.
 WITH ledger AS (
     INSERT INTO worker.deliveries AS d
         (event_id, channel, recipient, recipient_role, template, status,
@@ -43,14 +46,19 @@ UPDATE worker.events e
 SET status = o.status,
     run_at = CASE WHEN o.status = 'pending' THEN now() + make_interval(secs => o.delay)
                   ELSE e.run_at END,
-    attempts = CASE WHEN o.released THEN e.attempts - 1 ELSE e.attempts END,
+    -- Not counted: returned unstarted at shutdown, throttled, or the provider's circuit open.
+    attempts = CASE WHEN o.uncounted THEN e.attempts - 1 ELSE e.attempts END,
     last_error = coalesce(o.last_error, e.last_error),
     payload = coalesce(o.payload, e.payload),
+    -- A suspect that ran without taking its worker down is cleared (sql/008); one handed back
+    -- unstarted is still a suspect.
+    suspect_group = CASE WHEN o.released THEN e.suspect_group END,
     locked_by = NULL, updated_at = now(),  -- locked_at stays: when it was last claimed
     finished_at = CASE WHEN o.status IN ('done', 'failed', 'expired') THEN now() END
 FROM unnest(%(ids)b::bigint[], %(statuses)b::text[], %(delays)b::float8[],
-            %(errors)b::text[], %(payloads)b::jsonb[], %(released)b::boolean[])
-     AS o(id, status, delay, last_error, payload, released)
+            %(errors)b::text[], %(payloads)b::jsonb[], %(released)b::boolean[],
+            %(uncounted)b::boolean[])
+     AS o(id, status, delay, last_error, payload, released, uncounted)
 WHERE e.id = o.id AND e.status = 'processing' AND e.locked_by = %(worker_id)s;
 
 -- name: heartbeat
@@ -60,35 +68,73 @@ VALUES (%(worker_id)s, %(hostname)s, %(pid)s)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
 
 -- name: release_dead_claims
--- Return to pending the events held by workers whose heartbeat stopped %(stale_seconds)s ago. The
--- crash is counted, not the attempt (nobody knows whose crash it was); an event whose worker died
--- %(max_crashes)s times, the later ones while it ran alone as a suspect, fails instead.
+-- Return to pending the events held by workers whose heartbeat stopped %(stale_seconds)s ago; the
+-- attempt is not counted. A crash is a worker that went silent while the server stayed up: its
+-- events become suspects in groups half the size of what it held (sql/008), and one that was
+-- alone in its group counts a solo crash, failing at %(max_crashes)s. A worker last heard of
+-- before the server restarted, or one that unregistered (a clean stop whose last outcomes could
+-- not be written), did not crash: its events simply go back.
+WITH silent AS (
+    SELECT e.locked_by AS worker_id, count(*) AS held,
+           bool_and(w.id IS NOT NULL AND w.heartbeat_at > pg_postmaster_start_time()) AS crashed
+    FROM worker.events e
+    LEFT JOIN worker.workers w ON w.id = e.locked_by
+    WHERE e.status = 'processing'
+      AND (w.id IS NULL OR w.heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
+    GROUP BY e.locked_by
+), verdict AS (
+    SELECT e.id, s.worker_id, s.held, s.crashed,
+           s.crashed AND s.held = 1 AND e.solo_crashes + 1 >= %(max_crashes)s AS gives_up
+    FROM worker.events e JOIN silent s ON s.worker_id = e.locked_by
+    WHERE e.status = 'processing'
+)
 UPDATE worker.events e
-SET status = CASE WHEN e.crashes + 1 >= %(max_crashes)s THEN 'failed' ELSE 'pending' END,
-    finished_at = CASE WHEN e.crashes + 1 >= %(max_crashes)s THEN now() END,
+SET status = CASE WHEN v.gives_up THEN 'failed' ELSE 'pending' END,
+    finished_at = CASE WHEN v.gives_up THEN now() END,
     attempts = greatest(e.attempts - 1, 0),
-    crashes = e.crashes + 1,
+    crashes = e.crashes + v.crashed::int,
+    solo_crashes = e.solo_crashes + (v.crashed AND v.held = 1)::int,
+    suspect_group = CASE WHEN v.crashed THEN greatest(1, (v.held + 1) / 2) ELSE e.suspect_group END,
     locked_by = NULL, updated_at = now(),
-    last_error = CASE WHEN e.crashes + 1 >= %(max_crashes)s
-                      THEN 'gave up: its worker stopped ' || (e.crashes + 1) || ' times while handling it'
-                      ELSE coalesce(e.last_error, 'released: worker ' || e.locked_by || ' stopped') END
-WHERE e.status = 'processing'
-  AND NOT EXISTS (
-      SELECT 1 FROM worker.workers w
-      WHERE w.id = e.locked_by
-        AND w.heartbeat_at > now() - make_interval(secs => %(stale_seconds)s))
-RETURNING e.id, e.kind, e.locked_by, e.status;
+    last_error = CASE WHEN v.gives_up
+                      THEN 'gave up: its worker stopped ' || (e.solo_crashes + 1)
+                           || ' times while it was handled alone'
+                      ELSE coalesce(e.last_error, 'released: worker ' || v.worker_id || ' stopped') END
+FROM verdict v
+-- Checked again on the locked row: two workers releasing at once release each event once.
+WHERE e.id = v.id AND e.status = 'processing' AND e.locked_by = v.worker_id
+RETURNING e.id, e.kind, v.worker_id, e.status, v.crashed, e.suspect_group;
 
 -- name: suspects_waiting
--- Is an event freed from a crashed worker due? (Then a worker lets its work finish and runs it alone.)
+-- Is an event freed from a crashed worker due? (Then a worker lets its work finish and runs its
+-- group alone.)
 SELECT EXISTS (
     SELECT 1 FROM worker.events
-    WHERE status = 'pending' AND crashes > 0 AND run_at <= now());
+    WHERE status = 'pending' AND suspect_group IS NOT NULL AND run_at <= now());
+
+-- name: apply_waiting_callbacks
+-- Status callbacks stored before their ledger row whose row was then written without them (its
+-- flush had begun before the callback was stored, so it could not see it): applied, then dropped.
+WITH applied AS (
+    UPDATE worker.deliveries d
+    SET status = cb.status,
+        error_code = coalesce(cb.error_code, d.error_code),
+        error_message = coalesce(cb.error_message, d.error_message),
+        updated_at = now()
+    FROM worker.delivery_callbacks cb
+    WHERE d.provider_message_id = cb.provider_message_id AND d.channel = cb.channel
+      AND d.status = 'sent'
+    RETURNING cb.provider_message_id
+)
+DELETE FROM worker.delivery_callbacks cb USING applied a
+WHERE cb.provider_message_id = a.provider_message_id;
 
 -- name: forget_dead_workers
--- Drop the registry rows of workers silent for much longer than the stale threshold.
-DELETE FROM worker.workers
-WHERE heartbeat_at < now() - make_interval(secs => %(stale_seconds)s * 30);
+-- Drop the registry rows of workers silent for much longer than the stale threshold, once their
+-- claims are released (the row is what tells a crash from a clean stop).
+DELETE FROM worker.workers w
+WHERE w.heartbeat_at < now() - make_interval(secs => %(stale_seconds)s * 30)
+  AND NOT EXISTS (SELECT 1 FROM worker.events e WHERE e.status = 'processing' AND e.locked_by = w.id);
 
 -- name: expire_pending
 -- Pending events past their expiry are no longer worth sending.

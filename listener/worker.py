@@ -5,14 +5,21 @@ Shape of one worker process:
 * the claim loop waits for a wake-up (NOTIFY, the poll timer, or freed room), then claims a
   batch: up to WORKER_CONCURRENCY events run their handlers at once and one more batch waits,
   already claimed, so the next claim's round trip overlaps the current work;
-* each claimed event runs as its own task; its outcome goes to a buffer;
-* the flusher writes the buffered outcomes and their ledger rows in ONE statement, however many
-  events finished meanwhile; an outcome the database refuses is isolated and failed alone;
+* each claimed event runs as its own task; each of its messages' ledger records goes to a
+  buffer the moment the message is handed over (or refused), its outcome when it ends;
+* the flusher writes whatever is buffered, records and outcomes, in ONE statement, however
+  many arrived meanwhile: a provider's acceptance is durable within one flush, before anything
+  could send that message again, even if its event never finishes here (a slow sibling
+  message, SIGTERM, `kill -9`); an outcome the database refuses is isolated and failed alone;
+* a transient failure retries with backoff until the event's deadline (EVENT_DEADLINE_SECONDS,
+  per kind, or its own expiry); a throttle or an open provider circuit counts no attempt;
 * the heartbeat (on a connection of its own) keeps this worker's claims alive and frees the
   claims of dead workers, so a `kill -9` costs other events at most STALE_AFTER_SECONDS plus
-  one heartbeat;
-* events freed from a dead worker are suspects (sql/005): one is run only when nothing else is
-  in flight, so a crash during its run is its own and its neighbours lose nothing;
+  one heartbeat; a worker judges others only after hearing the database for that long itself,
+  so an outage everyone saw is nobody's crash;
+* events freed from a dead worker are suspects (sql/008): they run in groups, each group alone
+  (nothing else in flight), groups back to back; a group that takes its worker down too is
+  halved, so a poison event is cornered in a few crashes and its bystanders lose nothing;
 * on stop, running handlers get SHUTDOWN_GRACE_SECONDS; claimed events that never started go
   back to pending untouched.
 
@@ -23,12 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -57,6 +66,10 @@ def new_worker_id() -> str:
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+#: A ledger record and the id of its event.
+EventRecord = tuple[int, DeliveryRecord]
+
+
 @dataclass(slots=True)
 class Completion:
     """A finished event waiting for the flusher."""
@@ -66,8 +79,10 @@ class Completion:
     delay: float = 0.0
     error: str | None = None
     payload: dict[str, Any] | None = None
-    deliveries: tuple[DeliveryRecord, ...] = ()
+    #: Handed back unstarted (shutdown): still a suspect if it was one.
     released: bool = False
+    #: This claim's attempt is not counted (released, throttled, circuit open).
+    uncounted: bool = False
 
 
 class Worker:
@@ -88,6 +103,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._inflight: dict[int, tuple[Event, asyncio.Task[None]]] = {}
         self._completions: list[Completion] = []
+        #: Ledger records waiting for the flusher, each with its event's id.
+        self._records: list[EventRecord] = []
         self._flush_needed = asyncio.Event()
         self._closing = False
         #: Handler runs at once; claimed events beyond it wait their turn in this process.
@@ -102,10 +119,12 @@ class Worker:
         self._refill_at = max(1, min(settings.claim_batch_size, self._max_claimed // 2))
         self._flushing: set[int] = set()  # ids being written right now (neither buffered nor done)
         self._liveness: psycopg.AsyncConnection | None = None
-        #: The suspect (an event freed from a crashed worker) running alone, if any, and whether
-        #: the heartbeat saw one waiting.
-        self._solo: int | None = None
+        #: The group of suspects (events freed from a crashed worker) running alone, if any, and
+        #: whether more may be waiting.
+        self._solo: frozenset[int] = frozenset()
         self._suspect_waiting = False
+        #: Since when (monotonic) our heartbeats have gone through without a gap; None while not.
+        self._heard_since: float | None = None
         self._log = log.bind(worker_id=self.worker_id)
 
     # ------------------------------------------------------------------ lifecycle
@@ -114,16 +133,18 @@ class Worker:
         await self._heartbeat_once(log_errors=True)
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat")
         flusher = asyncio.create_task(self._flush_loop(), name="worker-flush")
+        sweeper = asyncio.create_task(self._callback_sweep_loop(), name="worker-callback-sweep")
         self._log.info("worker.started", concurrency=self.settings.worker_concurrency)
         try:
             await self._claim_loop()
             await self._drain()
         finally:
             heartbeat.cancel()
+            sweeper.cancel()
             # The flusher is not cancelled mid-write: it is told to finish what is buffered.
             self._closing = True
             self._flush_needed.set()
-            await asyncio.gather(heartbeat, flusher, return_exceptions=True)
+            await asyncio.gather(heartbeat, flusher, sweeper, return_exceptions=True)
             with contextlib.suppress(psycopg.Error):
                 async with self.pool.connection() as conn:
                     await conn.execute(QUERIES["unregister_worker"], {"worker_id": self.worker_id})
@@ -147,9 +168,9 @@ class Worker:
                 await asyncio.wait_for(self.wake.wait(), self.settings.poll_interval_seconds)
             self.wake.clear()
             while not self._stopping.is_set():
-                if self._solo is not None and self._solo in self._inflight:
-                    break  # a suspect runs alone: nothing else is claimed until it is done
-                self._solo = None
+                if not self._solo.isdisjoint(self._inflight):
+                    break  # suspects run alone: nothing else is claimed until they are done
+                self._solo = frozenset()
                 if self._suspect_waiting:
                     if self._inflight:
                         break  # let what runs finish, then the suspect goes alone
@@ -174,19 +195,24 @@ class Worker:
                 await self._start(claimed)
 
     async def _start_suspect(self) -> bool:
-        """Claim one event freed from a crashed worker and run it alone (nothing else in flight):
-        if it takes this worker down too, the crash is its own, not its neighbours'."""
+        """Claim a group of events freed from a crashed worker and run it alone (nothing else in
+        flight): if it takes this worker down too, the crash is the group's, which is then
+        halved (sql/008); its neighbours lose nothing. Groups run back to back."""
         self._suspect_waiting = False
         try:
-            suspect = await self._claim(1, suspects=True)
+            group = await self._claim(self._max_claimed, suspects=True)
         except psycopg.Error as exc:
             self._log.warning("worker.claim_failed", error=str(exc))
             return False
-        if not suspect:
+        if not group:
             return False
-        self._solo = suspect[0].id
-        self._log.warning("event.suspect_alone", event_id=suspect[0].id, kind=suspect[0].kind)
-        await self._start(suspect)
+        self._solo = frozenset(event.id for event in group)
+        self._suspect_waiting = True  # more may follow this group
+        self._log.warning(
+            "event.suspects_alone", count=len(group), first_event_id=group[0].id, kinds=sorted(
+                {event.kind for event in group})
+        )
+        await self._start(group)
         return True
 
     async def _claim(self, limit: int, suspects: bool = False) -> list[Event]:
@@ -225,7 +251,8 @@ class Worker:
                     self._complete(event, Outcome(), status="released")
                     return
                 try:
-                    outcome = await self.handler.handle(event, context)
+                    record = functools.partial(self._record, event.id)
+                    outcome = await self.handler.handle(event, context, record)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a handler bug must not kill the daemon; retry it later
@@ -238,12 +265,17 @@ class Worker:
                 self.wake.set()  # room for a claim worth its round trip
 
     # ------------------------------------------------------------------ outcomes
+    def _record(self, event_id: int, record: DeliveryRecord) -> None:
+        """A message's record, queued for the very next flush (not held until its event ends)."""
+        self._records.append((event_id, record))
+        self._flush_needed.set()
+
     def _complete(self, event: Event, outcome: Outcome, status: str | None = None) -> None:
         """Turn a handler's outcome into the event's next state, then queue it for the flusher."""
         ids = {"event_id": event.id, "kind": event.kind, "subject_id": event.subject_id}
         error = outcome.error
         if status == "released":
-            completion = Completion(event, "pending", released=True)
+            completion = Completion(event, "pending", released=True, uncounted=True)
             self._log.info("event.returned_to_queue", **ids)
         elif status == "expired":
             completion = Completion(event, "expired", error="expired before delivery")
@@ -251,31 +283,49 @@ class Worker:
             METRICS.events_expired.labels(kind=event.kind).inc()
         elif error is None:
             completion = Completion(event, "done")
-            self._log.info("event.done", **ids, deliveries=len(outcome.deliveries))
+            self._log.info("event.done", **ids, deliveries=outcome.deliveries)
             METRICS.events_done.labels(kind=event.kind).inc()
-        elif isinstance(error, TransientDeliveryError) and event.attempts < self.settings.max_attempts:
+        elif isinstance(error, TransientDeliveryError) and (retry := self._retry(event, error)):
+            completion = retry
+            self._log.warning(
+                "event.retry", **ids, attempt=event.attempts, delay_s=round(retry.delay, 3),
+                counted=not retry.uncounted, error=str(error),
+            )
+            METRICS.events_retried.labels(kind=event.kind).inc()
+        else:
+            reason = str(error)
+            if isinstance(error, TransientDeliveryError):
+                reason = f"gave up at its deadline, after {event.attempts} attempts: {reason}"
+            completion = Completion(event, "failed", error=reason)
+            self._log.error("event.failed", **ids, attempt=event.attempts, error=reason)
+            METRICS.events_failed.labels(kind=event.kind).inc()
+        completion.payload = outcome.payload
+        self._completions.append(completion)
+        self._flush_needed.set()
+
+    def _retry(self, event: Event, error: TransientDeliveryError) -> Completion | None:
+        """The event's next try, or None when it would come after the event's deadline.
+
+        Retries are bounded by time, not by a count: a provider down for an hour costs time,
+        not messages. A throttle (429, our own quota) or an open circuit says nothing about the
+        message: no attempt is counted and the wait is what the provider asked (or the time to
+        the circuit's next probe), without growing the backoff.
+        """
+        if error.throttled:
+            delay = error.retry_after if error.retry_after is not None else self.settings.retry_base_seconds
+        else:
             delay = retry_delay(
                 event.attempts,
                 base=self.settings.retry_base_seconds,
                 cap=self.settings.retry_max_seconds,
                 retry_after=error.retry_after,
             )
-            completion = Completion(event, "pending", delay=delay, error=str(error))
-            self._log.warning(
-                "event.retry", **ids, attempt=event.attempts, delay_s=round(delay, 3), error=str(error)
-            )
-            METRICS.events_retried.labels(kind=event.kind).inc()
-        else:
-            reason = str(error)
-            if isinstance(error, TransientDeliveryError):
-                reason = f"gave up after {event.attempts} attempts: {reason}"
-            completion = Completion(event, "failed", error=reason)
-            self._log.error("event.failed", **ids, attempt=event.attempts, error=reason)
-            METRICS.events_failed.labels(kind=event.kind).inc()
-        completion.payload = outcome.payload
-        completion.deliveries = tuple(outcome.deliveries)
-        self._completions.append(completion)
-        self._flush_needed.set()
+        deadline = event.created_at + timedelta(seconds=self.settings.deadline_seconds(event.kind))
+        if event.expires_at is not None:
+            deadline = min(deadline, event.expires_at)
+        if datetime.now(UTC) + timedelta(seconds=delay) > deadline:
+            return None
+        return Completion(event, "pending", delay=delay, error=str(error), uncounted=error.throttled)
 
     async def _flush_loop(self) -> None:
         failures = 0
@@ -296,21 +346,23 @@ class Worker:
                 return
 
     async def _flush(self) -> bool:
-        """Write buffered outcomes; on a connection error keep them for the next try."""
+        """Write buffered records and outcomes; on a connection error keep them for the next try."""
         batch, self._completions = self._completions, []
-        if not batch:
+        records, self._records = self._records, []
+        if not batch and not records:
             return True
         self._flushing = {c.event.id for c in batch}
         try:
-            await self._write(batch)
+            await self._write(batch, records)
         except psycopg.OperationalError as exc:
             self._completions[:0] = batch
-            self._log.warning("worker.flush_failed", error=str(exc), count=len(batch))
+            self._records[:0] = records
+            self._log.warning("worker.flush_failed", error=str(exc), count=len(batch), records=len(records))
             return False
         except psycopg.Error as exc:
-            # One outcome the database refuses must not hold up the others for ever.
-            self._log.error("worker.flush_rejected", error=str(exc), count=len(batch))
-            await self._write_one_by_one(batch)
+            # One row the database refuses must not hold up the others for ever.
+            self._log.error("worker.flush_rejected", error=str(exc), count=len(batch), records=len(records))
+            await self._write_one_by_one(batch, records)
         finally:
             self._flushing = set()
         for completion in batch:
@@ -318,25 +370,46 @@ class Worker:
         self.wake.set()
         return True
 
-    async def _write_one_by_one(self, batch: list[Completion]) -> None:
-        """Write each outcome alone; one still refused is recorded as `failed` without its ledger."""
-        for completion in batch:
+    async def _write_one_by_one(self, batch: list[Completion], records: list[EventRecord]) -> None:
+        """Write each event's records and outcome alone; one still refused is recorded as
+        `failed` without its ledger rows."""
+        outcomes = {completion.event.id: completion for completion in batch}
+        by_event: dict[int, list[EventRecord]] = {}
+        for event_id, record in records:
+            by_event.setdefault(event_id, []).append((event_id, record))
+        for event_id in outcomes.keys() | by_event.keys():
+            completion = outcomes.get(event_id)
             try:
-                await self._write([completion])
+                await self._write([completion] if completion else [], by_event.get(event_id, []))
                 continue
             except psycopg.Error as exc:
-                refused = Completion(completion.event, "failed", error=f"outcome not recordable: {exc}")
+                error = f"outcome not recordable: {exc}"
+            if completion is None:  # its outcome, still to come, fails it on this same path
+                self._log.error("delivery.unrecordable", event_id=event_id, error=error)
+                continue
+            refused = Completion(completion.event, "failed", error=error)
             try:
-                await self._write([refused])
-                self._log.error("event.failed", event_id=refused.event.id, kind=refused.event.kind,
-                                error=refused.error)
+                await self._write([refused], [])
+                self._log.error("event.failed", event_id=event_id, kind=refused.event.kind, error=error)
             except psycopg.Error as exc:  # left `processing` under our id; logged for operators
-                self._log.error("event.unrecordable", event_id=refused.event.id, error=str(exc))
+                self._log.error("event.unrecordable", event_id=event_id, error=str(exc))
 
-    async def _write(self, batch: list[Completion]) -> None:
-        params = _completion_params(batch, self.worker_id)
+    async def _write(self, batch: list[Completion], records: list[EventRecord]) -> None:
+        params = _completion_params(batch, records, self.worker_id)
         async with self.pool.connection() as conn:
             await conn.execute(QUERIES["complete_events"], params, prepare=True)
+
+    async def _callback_sweep_loop(self) -> None:
+        """Apply provider status callbacks that arrived while their ledger row was being written
+        (the writing statement could not see them). Off the heartbeat's connection: it touches
+        the ledger, whose locks must never delay a heartbeat."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute(QUERIES["apply_waiting_callbacks"])
+            except psycopg.Error as exc:
+                self._log.debug("worker.callback_sweep_failed", error=str(exc))
 
     # ------------------------------------------------------------------ shutdown
     async def _drain(self) -> None:
@@ -367,25 +440,34 @@ class Worker:
         params = {"worker_id": self.worker_id, "hostname": socket.gethostname(), "pid": os.getpid()}
         stale = {"stale_seconds": self.settings.stale_after_seconds}
         release = {**stale, "max_crashes": self.settings.max_crashes}
+        released: list[tuple[Any, ...]] = []
         try:
             conn = await self._liveness_connection()
             await conn.execute(QUERIES["heartbeat"], params)  # committed first, on its own
-            released = await (await conn.execute(QUERIES["release_dead_claims"], release)).fetchall()
+            now = time.monotonic()
+            self._heard_since = self._heard_since or now
+            # Only a worker that has heard the database for a whole stale period may call
+            # another silent: after an outage everyone saw, the others need as long to come back.
+            if now - self._heard_since >= self.settings.stale_after_seconds:
+                released = await (await conn.execute(QUERIES["release_dead_claims"], release)).fetchall()
             expired = await (await conn.execute(QUERIES["expire_pending"])).fetchall()
             await conn.execute(QUERIES["forget_dead_workers"], stale)
             waiting = await (await conn.execute(QUERIES["suspects_waiting"])).fetchone()
         except psycopg.Error as exc:
             if log_errors:
                 self._log.warning("worker.heartbeat_failed", error=str(exc))
+            self._heard_since = None
             await self._close_liveness()
             return
-        for event_id, kind, dead_worker, status in released:
+        for event_id, kind, dead_worker, status, crashed, group in released:
             if status == "failed":
                 self._log.error("event.failed", event_id=event_id, kind=kind, dead_worker=dead_worker,
-                                error="its worker stopped each time it was handled")
+                                error=f"its worker stopped {self.settings.max_crashes} times while it ran"
+                                " alone")
                 METRICS.events_failed.labels(kind=kind).inc()
             else:
-                self._log.warning("event.released", event_id=event_id, kind=kind, dead_worker=dead_worker)
+                self._log.warning("event.released", event_id=event_id, kind=kind, dead_worker=dead_worker,
+                                  crashed=crashed, suspect_group=group)
         for event_id, kind in expired:
             self._log.info("event.expired", event_id=event_id, kind=kind)
             METRICS.events_expired.labels(kind=kind).inc()
@@ -417,9 +499,10 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "") if value else value
 
 
-def _completion_params(batch: list[Completion], worker_id: str) -> dict[str, Any]:
+def _completion_params(
+    batch: list[Completion], rows: list[EventRecord], worker_id: str
+) -> dict[str, Any]:
     """Column arrays for `complete_events` (outcomes and ledger rows, bound with unnest)."""
-    rows = [(c.event.id, d) for c in batch for d in c.deliveries]
     return {
         "ids": [c.event.id for c in batch],
         "statuses": [c.status for c in batch],
@@ -427,6 +510,7 @@ def _completion_params(batch: list[Completion], worker_id: str) -> dict[str, Any
         "errors": [_text(c.error) for c in batch],
         "payloads": [Jsonb(c.payload) if c.payload is not None else None for c in batch],
         "released": [c.released for c in batch],
+        "uncounted": [c.uncounted for c in batch],
         "worker_id": worker_id,
         "d_event_ids": [eid for eid, _ in rows],
         "d_channels": [d.channel for _, d in rows],

@@ -1,4 +1,4 @@
-"""A handler that only logs each event: the pipeline's default until routing is configured."""
+"""A handler that only logs each event: a test stand-in for the router where messages do not matter."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 
-from handlers.contract import Event, Outcome
+from handlers.contract import Event, Outcome, RecordDelivery
 
 log = structlog.get_logger(__name__)
 
@@ -18,6 +18,6 @@ class LoggingHandler:
     async def prepare(self, events: Sequence[Event]) -> None:
         return None
 
-    async def handle(self, event: Event, context: Any) -> Outcome:
+    async def handle(self, event: Event, context: Any, record: RecordDelivery) -> Outcome:
         log.info("event.handled", event_id=event.id, kind=event.kind, subject_id=event.subject_id)
         return Outcome()

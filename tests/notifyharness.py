@@ -36,6 +36,8 @@ def provider_settings(db_url: str, fake: FakeProviders | None, **overrides: Any)
         "resend_rate_per_second": 200,
         "twilio_rate_per_second": 200,
         "provider_timeout_seconds": 2,
+        "circuit_open_seconds": 0.2,
+        "circuit_max_open_seconds": 0.5,
     }
     if fake is not None:
         values |= {

@@ -172,7 +172,7 @@ async def test_provider_outage_then_recovery_delivers_every_message_once(
     fake.queue("resend", Reply(429, retry_after=0.2), Reply(500))
     async with running_router(provider_settings(db_url, fake)):
         await async_wait_until(
-            lambda: _async(all(e["status"] == "pending" and e["last_error"] for e in events(db))),
+            lambda: all(e["status"] == "pending" and e["last_error"] for e in events(db)),
             message="every event scheduled for a retry during the outage",
         )
         assert len(fake.received("twilio", ok_only=False)) >= 9 and not fake.received("twilio")
@@ -207,7 +207,7 @@ async def test_redelivering_done_events_sends_nothing_again(
         )
         assert result.exit_code == 0, result.output
         await async_wait_until(
-            lambda: _async(all(e["attempts"] == 1 and e["status"] == "done" for e in events(db))),
+            lambda: all(e["attempts"] == 1 and e["status"] == "done" for e in events(db)),
             message="requeued events done again",
         )
     assert len(fake.requests) == before
@@ -352,10 +352,6 @@ async def test_vetting_decision_emails_the_applicant_with_notes(
     assert "Great audition & references" in email.body["text"]
 
 
-async def _async(value):
-    return value
-
-
 def silent_party(db: psycopg.Connection, **booking_values) -> tuple[str, str, str]:
     """A party whose writes make no events (as a backfill would): the test queues its own."""
     with db.transaction():
@@ -380,7 +376,7 @@ async def test_a_failing_in_app_write_retries_without_resending_what_went_out(
     queue_event(db, "booking.reminder_due", booking, hours_until_event=24)
     async with running_router(provider_settings(db_url, fake)):
         await async_wait_until(
-            lambda: _async(events(db)[0]["attempts"] >= 2 and events(db)[0]["status"] == "pending"),
+            lambda: events(db)[0]["attempts"] >= 2 and events(db)[0]["status"] == "pending",
             message="the reminder retried while its in-app rows cannot be written",
         )
         assert "UndefinedTable" in events(db)[0]["last_error"]
@@ -456,17 +452,15 @@ async def test_twilio_429_retries_no_sooner_than_retry_after(
     fake.queue("twilio", Reply(429, retry_after=2))
     async with running_router(provider_settings(db_url, fake)):
         [throttled] = await async_wait_until(
-            lambda: _async([r for r in fake.received("twilio", ok_only=False) if r.status == 429]),
+            lambda: [r for r in fake.received("twilio", ok_only=False) if r.status == 429],
             message="the throttled request",
         )
         assert throttled.response["code"] == 20429
         [(run_at, last_error)] = await async_wait_until(
-            lambda: _async(
-                db.execute(
-                    "SELECT extract(epoch FROM run_at), last_error FROM worker.events"
-                    " WHERE status = 'pending' AND last_error IS NOT NULL"
-                ).fetchall()
-            ),
+            lambda: db.execute(
+                "SELECT extract(epoch FROM run_at), last_error FROM worker.events"
+                " WHERE status = 'pending' AND last_error IS NOT NULL"
+            ).fetchall(),
             message="the event scheduled for a retry",
         )
         assert float(run_at) >= throttled.time + 2 and "429" in last_error
@@ -500,7 +494,7 @@ async def test_a_stalled_provider_times_out_and_the_retry_delivers_once(
     assert event["attempts"] == 2 and "timed out" in event["last_error"]
     # The stalled request is answered after we gave up on it: wait for it, then compare.
     requests = await async_wait_until(
-        lambda: _async(r if len(r := fake.received(provider)) == expected + 1 else None),  # type: ignore[arg-type]
+        lambda: r if len(r := fake.received(provider)) == expected + 1 else None,  # type: ignore[arg-type]
         message="the stalled request answered",
     )
     # Only the timed-out message was sent again (the stalled one first); the others went out once.

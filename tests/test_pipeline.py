@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from handlers.contract import (
     Event,
     Outcome,
     PermanentDeliveryError,
+    RecordDelivery,
     TransientDeliveryError,
 )
 from listener import admin
@@ -29,11 +31,13 @@ from tests.appdata import add_booking, add_bookings, add_client, add_performer, 
 from tests.waiting import async_wait_until
 from tests.worker_settings import fast_settings
 
+#: What a scripted handler does with one event: its outcome, or the records it reports first
+#: and then its outcome.
+Script = Callable[[Event], "Outcome | tuple[list[DeliveryRecord], Outcome]"]
+
 
 class ScriptedHandler:
-    def __init__(
-        self, script: Callable[[Event], Outcome] | None = None, delay: float = 0.0, jitter: float = 0.0
-    ) -> None:
+    def __init__(self, script: Script | None = None, delay: float = 0.0, jitter: float = 0.0) -> None:
         self.script = script or (lambda event: Outcome())
         self.delay = delay
         self.jitter = jitter
@@ -43,19 +47,20 @@ class ScriptedHandler:
         self.per_subject: dict[str | None, list[int]] = defaultdict(list)
         self.open_subjects: set[str | None] = set()
         self.overlaps: list[int] = []  # events started while another of their subject was running
-        self.alone: dict[str | None, bool] = {}  # whether each subject's last event ran by itself
+        #: The other subjects that ran at some moment while each subject's last event ran.
+        self.company: dict[str | None, set[str | None]] = {}
         self.running_subjects: set[str | None] = set()
 
     async def prepare(self, events: Sequence[Event]) -> None:
         return None
 
-    async def handle(self, event: Event, context: Any) -> Outcome:
+    async def handle(self, event: Event, context: Any, record: RecordDelivery) -> Outcome:
         self.running += 1
         self.max_running = max(self.max_running, self.running)
         # Alone: nothing else running when it started, and nothing started while it ran.
         for other in self.running_subjects:
-            self.alone[other] = False
-        self.alone[event.subject_id] = not self.running_subjects
+            self.company[other].add(event.subject_id)
+        self.company[event.subject_id] = set(self.running_subjects)
         self.running_subjects.add(event.subject_id)
         if event.subject_id in self.open_subjects:
             self.overlaps.append(event.id)
@@ -64,7 +69,13 @@ class ScriptedHandler:
             await asyncio.sleep(self.delay + random.uniform(0, self.jitter))
             self.handled.append(event)
             self.per_subject[event.subject_id].append(event.id)
-            return self.script(event)
+            result = self.script(event)
+            if isinstance(result, Outcome):
+                return result
+            records, outcome = result
+            for delivery in records:
+                record(delivery)
+            return outcome
         finally:
             self.open_subjects.discard(event.subject_id)
             self.running_subjects.discard(event.subject_id)
@@ -149,12 +160,10 @@ async def test_per_subject_order_is_kept_with_concurrency(db: psycopg.Connection
 async def test_transient_failure_is_retried_then_succeeds(db: psycopg.Connection, db_url: str) -> None:
     def script(event: Event) -> Outcome:
         if event.attempts < 3:
-            return Outcome(
-                deliveries=[DeliveryRecord("email", "ann@example.com", "failed", error_code="500")],
-                error=TransientDeliveryError("provider 500"),
-            )
+            failed = DeliveryRecord("email", "ann@example.com", "failed", error_code="500")
+            return [failed], Outcome(error=TransientDeliveryError("provider 500"))
         sent = DeliveryRecord("email", "ann@example.com", "sent", provider_message_id="m1")
-        return Outcome(deliveries=[sent])
+        return [sent], Outcome()
 
     add_bookings(db, 1)
     handler = ScriptedHandler(script)
@@ -177,14 +186,39 @@ async def test_permanent_failure_is_recorded(db: psycopg.Connection, db_url: str
     assert "invalid number" in event["last_error"]
 
 
-async def test_exhausted_attempts_fail_the_event(db: psycopg.Connection, db_url: str) -> None:
+async def test_retries_end_at_the_kinds_deadline_not_after_a_count(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """Transient failures retry until the event's deadline (its kind's, else the default), then
+    fail with the reason; an event of another kind keeps its own, longer deadline."""
     add_bookings(db, 1)
     handler = ScriptedHandler(lambda e: Outcome(error=TransientDeliveryError("still down")))
-    async with Running(db_url, handler, max_attempts=3):
+    deadlines = {"booking.created": 3.0}
+    started = time.monotonic()
+    async with Running(db_url, handler, event_deadlines=deadlines, retry_max_seconds=0.1):
         await wait_all_finished(db, 1)
     [event] = events(db)
-    assert (event["status"], event["attempts"]) == ("failed", 3)
-    assert "gave up after 3 attempts" in event["last_error"]
+    assert event["status"] == "failed"
+    assert "gave up at its deadline" in event["last_error"] and "still down" in event["last_error"]
+    assert event["attempts"] > 10  # the old budget (MAX_ATTEMPTS 10) would have ended it sooner
+    assert 1.0 < time.monotonic() - started < 10
+
+
+async def test_a_throttle_counts_no_attempt(db: psycopg.Connection, db_url: str) -> None:
+    """429s (and an open circuit) say nothing about the message: retried after Retry-After,
+    attempts not counted, so an hour of throttling cannot use up an event's chances."""
+    def script(event: Event) -> Outcome:
+        if len(handler.handled) < 6:
+            return Outcome(error=TransientDeliveryError("429", retry_after=0.05, throttled=True))
+        return Outcome()
+
+    add_bookings(db, 1)
+    handler = ScriptedHandler(script)
+    async with Running(db_url, handler):
+        await wait_all_finished(db, 1)
+    [event] = events(db)
+    assert (event["status"], event["attempts"]) == ("done", 1)
+    assert len(handler.handled) == 6
 
 
 async def test_handler_crash_does_not_kill_the_worker(db: psycopg.Connection, db_url: str) -> None:
@@ -234,30 +268,46 @@ async def _running(handler: ScriptedHandler) -> bool:
     return handler.running > 0
 
 
-async def test_a_crashed_workers_claims_run_alone_and_only_a_repeat_offender_fails(
+async def test_a_dead_workers_claims_run_in_halved_groups_alone_and_only_a_solo_offender_fails(
     db: psycopg.Connection, db_url: str
 ) -> None:
-    """Events freed from a dead worker are suspects: each runs alone, their attempt is not counted,
-    and only one whose worker died `MAX_CRASHES` times fails; ordinary events flow around them."""
+    """Events freed from a worker that died are suspects: they run in groups half the size of what
+    it held, each group with nothing else in flight, their attempt not counted; an event that
+    was alone when its worker died for the MAX_CRASHES-th time fails; ordinary events flow."""
+    # Both workers last beat after the server started (so they crashed; a restart is no crash).
     db.execute(
-        "INSERT INTO worker.events (kind, subject_id, status, attempts, crashes, locked_by, locked_at)"
-        " VALUES ('booking.created', 's1', 'processing', 1, 0, 'dead-worker', now()),"
-        "('booking.created', 's2', 'processing', 1, 0, 'dead-worker', now()),"
-        "('booking.created', 'poison', 'processing', 1, 2, 'dead-worker', now())"
+        "INSERT INTO worker.workers (id, hostname, pid, heartbeat_at) SELECT w, 'h', 1,"
+        " pg_postmaster_start_time() + interval '1 ms' FROM unnest(ARRAY['dead-a', 'dead-b']) w"
+    )
+    suspects = [f"s{i}" for i in range(4)]
+    db.execute(
+        "INSERT INTO worker.events (kind, subject_id, status, attempts, locked_by, locked_at)"
+        " SELECT 'booking.created', s, 'processing', 1, 'dead-a', now() FROM unnest(%s::text[]) s",
+        (suspects,),
+    )
+    db.execute(
+        "INSERT INTO worker.events (kind, subject_id, status, attempts, solo_crashes, locked_by, locked_at)"
+        " VALUES ('booking.created', 'poison', 'processing', 1, 2, 'dead-b', now())"
     )
     add_bookings(db, 30)
-    handler = ScriptedHandler(delay=0.02)
+    handler = ScriptedHandler(delay=0.05)
     async with Running(db_url, handler, max_crashes=3, worker_concurrency=8):
-        await wait_all_finished(db, 33)
+        await wait_all_finished(db, 35)
     by_subject = {e["subject_id"]: e for e in events(db)}
     assert by_subject["poison"]["status"] == "failed"
-    assert "stopped 3 times" in by_subject["poison"]["last_error"]
-    for suspect in ("s1", "s2"):
+    assert "stopped 3 times while it was handled alone" in by_subject["poison"]["last_error"]
+    for suspect in suspects:
         assert by_subject[suspect]["status"] == "done"
         assert by_subject[suspect]["attempts"] == 1  # the crash did not use up an attempt
-        assert handler.alone[suspect], "a suspect ran with nothing else in flight"
+        # dead-a held 4: groups of 2, each with nothing else in flight.
+        assert handler.company[suspect] <= set(suspects) and len(handler.company[suspect]) == 1
     assert handler.max_running > 1  # ordinary events still ran concurrently
     assert "poison" not in handler.per_subject
+    crashes = {subject: rest for subject, *rest in db.execute(
+        "SELECT subject_id, crashes, solo_crashes, suspect_group FROM worker.events"
+        " WHERE subject_id = 'poison' OR subject_id LIKE 's_'"
+    )}
+    assert crashes == {"poison": [1, 3, 1], **{s: [1, 0, None] for s in suspects}}
 
 
 def test_manual_retry_forgets_failed_deliveries_and_keeps_sent_ones(
@@ -332,7 +382,7 @@ async def test_an_outcome_the_database_refuses_fails_alone(db: psycopg.Connectio
 
     def script(event: Event) -> Outcome:
         channel = "fax" if event.id == bad else "email"  # "fax" breaks the ledger's CHECK
-        return Outcome(deliveries=[DeliveryRecord(channel, f"r{event.id}@example.com", "sent")])  # type: ignore[arg-type]
+        return [DeliveryRecord(channel, f"r{event.id}@example.com", "sent")], Outcome()  # type: ignore[arg-type]
 
     async with Running(db_url, ScriptedHandler(script)):
         await wait_all_finished(db, 6)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from handlers.contract import Event, TransientDeliveryError
+from handlers.contract import DeliveryRecord, Event, TransientDeliveryError
 from handlers.delivery import DeliveryScope, Dispatcher, Message, Sent, delivering
 from handlers.rendering import TEMPLATE_DIR
 from handlers.router import SENDERS, handle_event
@@ -104,23 +104,26 @@ async def test_an_unexpected_error_keeps_what_went_out_and_the_retry_sends_only_
     event = Event(5, "booking.reminder_due", "s", {"hours_until_event": 24}, 1, None, datetime.now(UTC))
     data = event_data(status="accepted")
 
-    outcome = await handle_event(broken, event, data)
+    recorded: list[DeliveryRecord] = []
+    outcome = await handle_event(broken, event, data, recorded.append)
 
     assert isinstance(outcome.error, TransientDeliveryError) and outcome.error.code == "unexpected"
     # The sibling sends were not abandoned mid-flight: all finished and are recorded.
-    assert sorted((r.channel, r.recipient_role) for r in outcome.deliveries) == [
+    assert sorted((r.channel, r.recipient_role) for r in recorded) == [
         ("email", "client"),
         ("email", "performer"),
         ("whatsapp", "client"),
         ("whatsapp", "performer"),
     ]
-    assert len(provider.sent) == 4 and {r.status for r in outcome.deliveries} == {"sent"}
+    assert len(provider.sent) == 4 and {r.status for r in recorded} == {"sent"}
 
-    ledger = frozenset(f"{r.channel} {r.recipient}" for r in outcome.deliveries)
+    ledger = frozenset(f"{r.channel} {r.recipient}" for r in recorded)
     fixed = Dispatcher(settings, {"whatsapp": provider, "email": provider, "in_app": NullTransport()})
-    retry = await handle_event(fixed, replace(event, attempts=2), replace(data, ledger=ledger))
+    retried: list[DeliveryRecord] = []
+    again = replace(event, attempts=2)
+    retry = await handle_event(fixed, again, replace(data, ledger=ledger), retried.append)
     assert retry.error is None
-    assert sorted((r.channel, r.recipient_role) for r in retry.deliveries) == [
+    assert sorted((r.channel, r.recipient_role) for r in retried) == [
         ("in_app", "client"),
         ("in_app", "performer"),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -25,11 +26,17 @@ def wait_until(
 
 
 async def async_wait_until(
-    condition: Callable[[], Awaitable[T]], timeout: float = 20.0, interval: float = 0.02, message: str = ""
+    condition: Callable[[], Awaitable[T] | T],
+    timeout: float = 20.0,
+    interval: float = 0.02,
+    message: str = "",
 ) -> T:
+    """`wait_until` for a running loop; `condition` may be a coroutine function or a plain one."""
     deadline = time.monotonic() + timeout
     while True:
-        value = await condition()
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

@@ -36,6 +36,14 @@ async def healthz(request: Request) -> JSONResponse:
         if scheduler == "stopped":
             problems.append("scheduler is not running")
     body: dict[str, object] = {"listener": surface.listener.connected, "scheduler": scheduler}
+    if surface.circuits:
+        body["circuits"] = {circuit.provider: circuit.state for circuit in surface.circuits}
+    circuit_limit = surface.settings.health_max_circuit_open_seconds
+    for circuit in surface.circuits:
+        if circuit.open_for() > circuit_limit:
+            problems.append(
+                f"{circuit.provider} circuit open for {circuit.open_for():.0f}s (limit {circuit_limit:.0f}s)"
+            )
     try:
         stats = await read_queue_stats(surface.pool)
     except QUEUE_READ_ERRORS as exc:

@@ -3,7 +3,8 @@
 
 -- name: store_delivery_callback
 -- Keep a status callback whose ledger row does not exist yet; `complete_events` applies it when it is
--- written. A later callback replaces an earlier one, except that read is never undone by delivered.
+-- written (or, if that write had already begun, the heartbeat's `apply_waiting_callbacks` just
+-- after). A later callback replaces an earlier one, except that read is never undone by delivered.
 INSERT INTO worker.delivery_callbacks AS cb (provider_message_id, channel, status, error_code, error_message)
 SELECT %(message_id)s::text, %(channel)s::text, %(status)s::text, %(error_code)s::text, %(error_message)s::text
 WHERE NOT EXISTS (SELECT 1 FROM worker.deliveries d

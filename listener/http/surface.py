@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +31,15 @@ class SchedulerState(Protocol):
     def running(self) -> bool: ...
 
 
+class CircuitState(Protocol):
+    """What health needs of a provider's circuit breaker (`handlers.circuit.CircuitBreaker`)."""
+
+    provider: str
+    state: str
+
+    def open_for(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Surface:
     """The daemon's live parts the endpoints read; `scheduler` is None when it is disabled."""
@@ -38,6 +48,7 @@ class Surface:
     pool: AsyncConnectionPool
     listener: ListenerState
     scheduler: SchedulerState | None = None
+    circuits: Sequence[CircuitState] = ()
 
 
 @dataclass(frozen=True, slots=True)
