@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import re
 from collections.abc import Generator, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     from listener.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+#: True when a string holds no whitespace and no control character.
+_HEADER_SAFE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]+").fullmatch
 
 
 @dataclass(slots=True)
@@ -243,7 +247,9 @@ class DeliveryScope:
         if channel == "whatsapp":
             return to_e164(address, self.settings.default_phone_region)
         email = address.strip().lower()
-        if "@" not in email or email.startswith("@") or email.endswith("@") or " " in email:
+        # No whitespace or control character: an address is also a header (`to`), and a line
+        # break there could add headers of the sender's choosing.
+        if "@" not in email or email.startswith("@") or email.endswith("@") or not _HEADER_SAFE(email):
             raise PermanentDeliveryError("invalid email address", code="invalid_email")
         return email
 
@@ -283,13 +289,19 @@ class DeliveryScope:
         """The messages of every route of `kind` (only `channel`'s when given), not yet sent.
 
         Recipients who must not get one (opted out, no or bad address) are recorded here.
+        WhatsApp messages are rendered from `ctx.for_whatsapp()`: long values cut to fit Twilio.
         """
-        shared = ctx.template_vars()  # once per call, not once per recipient
+        views: dict[bool, tuple[MessageContext, dict[str, Any]]] = {}
         messages = []
         for route in ROUTES.get(kind, ()) if channel is None else routes_for(kind, channel):
-            target = self.resolve(route, ctx)
+            whatsapp = route.channel == "whatsapp"
+            if whatsapp not in views:  # once per call, not once per recipient
+                view = ctx.for_whatsapp() if whatsapp else ctx
+                views[whatsapp] = (view, view.template_vars())
+            view, shared = views[whatsapp]
+            target = self.resolve(route, view)
             if target is not None:
-                messages.append(self._message(route, ctx, target, shared))
+                messages.append(self._message(route, view, target, shared))
         return Outgoing(self, messages)
 
     def skip(self, kind: str, ctx: MessageContext, code: str, reason: str) -> list[DeliveryRecord]:

@@ -25,6 +25,7 @@ from twilio.rest import Client as TwilioClient
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent
 from handlers.transports import RateLimiter, loop_running, provider_connection_limit, retry_after_seconds
+from handlers.values import template_variable
 from listener.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -105,7 +106,11 @@ class TwilioWhatsApp:
         form: dict[str, object] = {"To": f"whatsapp:{message.recipient}", "From": self.sender}
         if message.content_sid:
             form["ContentSid"] = message.content_sid
-            form["ContentVariables"] = json.dumps(message.content_variables or {})
+            # Here, at Twilio's edge, so that no path (routed or a direct send) can exceed its limits.
+            variables = {
+                key: template_variable(value) for key, value in (message.content_variables or {}).items()
+            }
+            form["ContentVariables"] = json.dumps(variables)
         else:
             form["Body"] = message.text
         if self.settings.twilio_status_callback_url:

@@ -81,7 +81,11 @@ def event_data(**booking_values: object) -> EventData:
     return EventData(booking(**booking_values), client(), performer(), otp(), application(), frozenset())
 
 
-def null_dispatcher() -> Dispatcher:
-    settings = Settings(admin_whatsapp="+61400000001", admin_email="admin@example.com")
+def null_dispatcher(**settings_values: object) -> Dispatcher:
+    settings = Settings(
+        admin_whatsapp="+61400000001",
+        admin_email="admin@example.com",
+        **settings_values,  # type: ignore[arg-type]
+    )
     null = NullTransport()
     return Dispatcher(settings, {"whatsapp": null, "email": null, "in_app": null})

@@ -352,6 +352,71 @@ async def test_vetting_decision_emails_the_applicant_with_notes(
     assert "Great audition & references" in email.body["text"]
 
 
+def body_lines(request: Recorded) -> list[str]:
+    return request.body["Body"].split("\n")
+
+
+async def test_a_100_kb_venue_still_sends_every_whatsapp_within_twilios_limit(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    """The venue is cut with an ellipsis before rendering; the message's own lines stay whole.
+    (Before: a 100 KB Body, which Twilio refuses for good, error 21617.)"""
+    venue = "Grand Hall, 1 Long Road " * 4_200  # 100,800 characters
+    booking, _, _ = add_party(db, venue=venue)
+    settings = provider_settings(
+        db_url, fake, whatsapp_content_templates={"booking_created_performer": "HX" + "1" * 32}
+    )
+    async with running_router(settings):
+        assert await wait_finished(db, 1) == {"done": 1}
+    assert {r["status"] for r in ledger(db)} == {"sent"} and len(ledger(db)) == 4
+    sent = {r.body["To"]: r for r in fake.received("twilio")}
+    assert set(sent) == {ADMIN, CLIENT, PERFORMER}
+    assert all(len(r.body.get("Body", "")) <= 1600 for r in sent.values())
+    admin = body_lines(sent[ADMIN])
+    assert len(admin) == 7 and admin[0].startswith("New booking request FE-")
+    [venue_line] = [line for line in admin if line.startswith("Venue: ")]
+    assert venue_line.endswith("…") and venue.startswith(venue_line.removeprefix("Venue: ")[:-1])
+    assert admin[-1] == f"Review: http://localhost:3000/admin/bookings/{booking}"
+    # An approved Content template's variables: each on one line and within Twilio's 256.
+    variables = json.loads(sent[PERFORMER].body["ContentVariables"])
+    assert set(variables) == {"1", "2", "3", "4"} and variables["1"] == "Nova"
+    assert all(len(v) <= 250 and "\n" not in v for v in variables.values())
+    assert variables["4"].startswith("Hi Nova, new booking request FE-") and variables["4"].endswith("…")
+
+
+async def test_values_from_rows_cannot_add_lines_to_any_message(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    """Line breaks and control characters in names, the reference and the venue collapse to one
+    space in WhatsApp bodies and email subjects; the email's HTML still escapes every value."""
+    hostile = "<script>alert(1)</script>\r\nBcc: evil@example.net"
+    client = add_client(db, full_name=hostile)
+    performer = add_performer(db, stage_name="DJ\u2028Nova\x1b[31m")
+    add_booking(db, client, performer, reference="FE-9\r\nBcc: evil@example.net", venue="Hall\n\n\tB")
+    async with running_router(provider_settings(db_url, fake)):
+        assert await wait_finished(db, 1) == {"done": 1}
+    one_line_name = "<script>alert(1)</script> Bcc: evil@example.net"
+    sent = {r.body["To"]: r for r in fake.received("twilio")}
+    admin = body_lines(sent[ADMIN])
+    assert admin[:5] == [
+        "New booking request FE-9 Bcc: evil@example.net",
+        f"Client: {one_line_name}",
+        "Performer: DJ Nova [31m",
+        admin[3],
+        "Venue: Hall B",
+    ]
+    assert len(admin) == 7
+    for request in sent.values():
+        assert not any(c in request.body["Body"] for c in "\r\x1b\u2028\t")
+    assert len(body_lines(sent[CLIENT])) == 2 and len(body_lines(sent[PERFORMER])) == 1
+    [email] = fake.received("resend")
+    assert email.body["subject"] == "We received your booking request FE-9 Bcc: evil@example.net"
+    assert "<script>" not in email.body["html"]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in email.body["html"]
+    assert "\r" not in email.body["text"]
+    assert "Reference: FE-9 Bcc: evil@example.net\nPerformer: DJ Nova [31m\n" in email.body["text"]
+
+
 async def _async(value):
     return value
 
