@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import logging
 import re
 from collections.abc import Generator, Iterator
 from contextvars import ContextVar
@@ -32,6 +33,7 @@ from handlers.phones import to_e164
 from handlers.rendering import Rendered, Templates
 from handlers.routing import ROUTES, Channel, Route, routes_for
 from listener.metrics import METRICS
+from listener.redaction import mask_email, mask_phone
 
 if TYPE_CHECKING:
     from listener.settings import Settings
@@ -183,14 +185,19 @@ def delivering(scope: DeliveryScope) -> Iterator[DeliveryScope]:
 
 
 class DeliveryScope:
-    """The deliveries of one event (or of a direct call, with `event_id` None)."""
+    """The deliveries of one event (or of a direct call, with `event_id` and `kind` None)."""
 
     def __init__(
-        self, dispatcher: Dispatcher, event_id: int | None = None, already: frozenset[str] = frozenset()
+        self,
+        dispatcher: Dispatcher,
+        event_id: int | None = None,
+        already: frozenset[str] = frozenset(),
+        kind: str | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.settings = dispatcher.settings
         self.event_id = event_id
+        self.kind = kind
         self.already = already
         self.records: list[DeliveryRecord] = []
         self.transient: TransientDeliveryError | None = None
@@ -399,20 +406,31 @@ class DeliveryScope:
             )
             return None
         except PermanentDeliveryError as exc:
-            log.warning(
-                "delivery.failed",
-                event_id=self.event_id,
-                channel=message.channel,
-                provider=transport.name,
-                error_code=exc.code,
-                error=str(exc),
-            )
-            return self.record(self._record(message, "failed", error_code=exc.code, error_message=str(exc)))
+            failed = self._record(message, "failed", error_code=exc.code, error_message=str(exc))
+            return self.record(failed, provider=transport.name)
         return self.record(self._record(message, sent.status, provider_message_id=sent.provider_message_id))
 
-    def record(self, record: DeliveryRecord) -> DeliveryRecord:
+    def record(self, record: DeliveryRecord, **log_context: Any) -> DeliveryRecord:
+        """Keep `record` for the ledger. A message not sent (`failed`, `skipped`) also gets its one
+        log line, `delivery.failed` / `delivery.skipped`, here where every such record passes:
+        ops read the logs, not the ledger."""
         self.records.append(record)
         _delivery_counter(record.channel, record.status).inc()
+        if record.status in ("failed", "skipped"):
+            failed = record.status == "failed"
+            log.log(
+                logging.WARNING if failed else logging.INFO,
+                "delivery.failed" if failed else "delivery.skipped",
+                event_id=self.event_id,
+                kind=self.kind,
+                channel=record.channel,
+                template=record.template,
+                recipient_role=record.recipient_role,
+                recipient_masked=masked_recipient(record.recipient),
+                reason=record.error_code,
+                error=record.error_message,
+                **log_context,
+            )
         return record
 
     @staticmethod
@@ -433,6 +451,17 @@ class DeliveryScope:
         else:  # a direct call: the same content to the same person is the same message
             basis = f"direct|{message.channel}|{message.recipient}|{message.subject}|{message.text}"
         return "flavor-" + hashlib.sha256(basis.encode()).hexdigest()[:40]
+
+
+def masked_recipient(recipient: str) -> str:
+    """A ledger recipient as a log line may show it: a phone number or an email address masked
+    (listener.redaction), a placeholder such as `client:<id>` or `admin` as it is. Logged under
+    a key of its own, which the redaction step does not mask a second time."""
+    if "@" in recipient:
+        return mask_email(recipient)
+    if recipient.startswith("+"):
+        return mask_phone(recipient)
+    return recipient
 
 
 def content_variables(ctx: MessageContext, target: Target, text: str) -> dict[str, str]:

@@ -417,6 +417,80 @@ async def test_values_from_rows_cannot_add_lines_to_any_message(
     assert "Reference: FE-9 Bcc: evil@example.net\nPerformer: DJ Nova [31m\n" in email.body["text"]
 
 
+def captured_lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_every_message_not_sent_logs_one_line_with_its_reason(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    """Ops read the logs, not the ledger: each failed or skipped delivery has its own line
+    (once, even when the provider refused it), with a masked recipient and the reason."""
+    client = add_client(db, phone="not a number", email_opt_in=False)
+    performer = add_performer(db, phone="0400 000 009")
+    add_booking(db, client, performer)
+    fake.reject("twilio", "whatsapp:+61400000009", Reply(400, 21211))
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    try:
+        async with running_router(provider_settings(db_url, fake, admin_whatsapp=None)):
+            assert await wait_finished(db, 1) == {"done": 1}
+    finally:
+        configure_logging("INFO", "json")
+    rows = {(r["recipient_role"], r["channel"]): r for r in ledger(db)}
+    assert {key: (r["status"], r["error_code"]) for key, r in rows.items()} == {
+        ("admin", "whatsapp"): ("failed", "missing_address"),
+        ("client", "whatsapp"): ("failed", "invalid_number"),
+        ("client", "email"): ("skipped", "opted_out"),
+        ("performer", "whatsapp"): ("failed", "21211"),
+    }
+    lines = [line for line in captured_lines(stream) if line["event"].startswith("delivery.")]
+    logged = sorted(
+        (line["event"], line["recipient_role"], line["channel"], line["template"], line["reason"],
+         line["recipient_masked"])
+        for line in lines
+    )  # fmt: skip
+    [event_id] = {r["event_id"] for r in rows.values()}
+    assert logged == [
+        ("delivery.failed", "admin", "whatsapp", "booking_created_admin", "missing_address", "admin"),
+        ("delivery.failed", "client", "whatsapp", "booking_created_client", "invalid_number",
+         f"client:{client}"),
+        ("delivery.failed", "performer", "whatsapp", "booking_created_performer", "21211", "+61******009"),
+        ("delivery.skipped", "client", "email", "booking_received", "opted_out", "a***@example.com"),
+    ]  # fmt: skip
+    assert all(line["event_id"] == event_id and line["kind"] == "booking.created" for line in lines)
+    assert [line["provider"] for line in lines if line["reason"] == "21211"] == ["twilio"]
+    for personal in ("+61400000009", "0400 000 009", "400000009", CLIENT_EMAIL):
+        assert personal not in stream.getvalue()
+
+
+async def test_an_unknown_event_kind_is_logged_and_failed_with_its_reason(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    """A kind nobody routes (a newer trigger's, a typo) fails visibly, ready for `events retry`
+    once a worker knows it; a kind that is known to send nothing is simply done."""
+    for kind in ("booking.teleported", "booking.completed"):
+        db.execute(
+            "INSERT INTO worker.events (kind, subject_id, payload) VALUES (%s, %s, '{}')", (kind, kind)
+        )
+    db.execute("NOTIFY worker_events")
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    try:
+        async with running_router(provider_settings(db_url, fake)):
+            assert await wait_finished(db, 2) == {"done": 1, "failed": 1}
+    finally:
+        configure_logging("INFO", "json")
+    status = {e["kind"]: (e["status"], e["last_error"]) for e in events(db)}
+    assert status["booking.completed"] == ("done", None)
+    assert status["booking.teleported"][0] == "failed"
+    assert status["booking.teleported"][1].startswith("unknown_kind")
+    [line] = [line for line in captured_lines(stream) if line["event"] == "event.unknown_kind"]
+    teleported = next(e["id"] for e in events(db) if e["kind"] == "booking.teleported")
+    assert (line["event_id"], line["kind"], line["level"]) == (teleported, "booking.teleported", "warning")
+    assert fake.requests == [] and ledger(db) == []
+
+
 async def _async(value):
     return value
 
