@@ -31,15 +31,20 @@ def _free_text(record_type: type) -> tuple[str, ...]:
 
 
 def _one_line_fields(record: object) -> None:
-    """Put every free-text field of `record` (a frozen dataclass, being built) on one line."""
+    """Put every free-text field of `record` (a dataclass being built, frozen or not) on one line."""
     for name in _free_text(type(record)):
         object.__setattr__(record, name, one_line(getattr(record, name)))
 
 
 def _shortened(record: _Record) -> _Record:
-    """A copy of `record` with every free-text field cut to its WhatsApp length."""
-    names = _free_text(type(record))
-    return replace(record, **{n: shorten(getattr(record, n), WHATSAPP_LIMITS[n]) for n in names})  # type: ignore[type-var]
+    """`record` itself when every free-text field fits its WhatsApp length (the usual case: its
+    cached properties are kept), else a copy with the long ones cut."""
+    cut = {
+        name: shorten(value, WHATSAPP_LIMITS[name])
+        for name in _free_text(type(record))
+        if (value := getattr(record, name)) is not None and len(value) > WHATSAPP_LIMITS[name]
+    }
+    return replace(record, **cut) if cut else record  # type: ignore[type-var]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +158,7 @@ class MessageContext:
     notes: str | None = None
 
     def __post_init__(self) -> None:
-        self.reason = one_line(self.reason)
-        self.notes = one_line(self.notes)
+        _one_line_fields(self)
 
     def template_vars(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
