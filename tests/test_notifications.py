@@ -776,6 +776,13 @@ async def test_send_email_sends_html_text_reply_to_and_an_idempotency_key(direct
     assert key and again.headers["Idempotency-Key"] == key != other.headers["Idempotency-Key"]
 
 
+async def test_send_email_puts_a_subject_on_one_line(direct_sends, fake) -> None:
+    """A subject is a header: whatever a caller passes, it cannot carry a second line."""
+    await send_email("guest@example.com", "Your receipt\r\nBcc: evil@example.net", "<p>Hi</p>")
+    [request] = fake.received("resend")
+    assert request.body["subject"] == "Your receipt Bcc: evil@example.net"
+
+
 async def test_status_callback_url_and_client_side_rate_limit(db_url: str, fake) -> None:
     """TWILIO_STATUS_CALLBACK_URL goes with every message; TWILIO_RATE_PER_SECOND spaces a burst."""
     settings = provider_settings(
