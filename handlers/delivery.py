@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import logging
+import re
 from collections.abc import Generator, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import structlog
 
 from core.metrics import METRICS
+from core.redaction import mask_email, mask_phone
 from handlers.contract import (
     DeliveryRecord,
     PermanentDeliveryError,
@@ -41,6 +44,9 @@ if TYPE_CHECKING:
     from core.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+#: True when a string holds no whitespace and no control character.
+_HEADER_SAFE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]+").fullmatch
 
 
 @dataclass(slots=True)
@@ -184,7 +190,7 @@ def delivering(scope: DeliveryScope) -> Iterator[DeliveryScope]:
 
 
 class DeliveryScope:
-    """The deliveries of one event (or of a direct call, with `event_id` None)."""
+    """The deliveries of one event (or of a direct call, with `event_id` and `kind` None)."""
 
     def __init__(
         self,
@@ -192,10 +198,12 @@ class DeliveryScope:
         event_id: int | None = None,
         already: frozenset[str] = frozenset(),
         on_record: RecordDelivery | None = None,
+        kind: str | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.settings = dispatcher.settings
         self.event_id = event_id
+        self.kind = kind
         self.already = already
         #: Where each record goes the moment it is made (the claim loop's ledger writer).
         self.on_record = on_record
@@ -254,7 +262,9 @@ class DeliveryScope:
         if channel == "whatsapp":
             return to_e164(address, self.settings.default_phone_region)
         email = address.strip().lower()
-        if "@" not in email or email.startswith("@") or email.endswith("@") or " " in email:
+        # No whitespace or control character: an address is also a header (`to`), and a line
+        # break there could add headers of the sender's choosing.
+        if "@" not in email or email.startswith("@") or email.endswith("@") or not _HEADER_SAFE(email):
             raise PermanentDeliveryError("invalid email address", code="invalid_email")
         return email
 
@@ -294,13 +304,19 @@ class DeliveryScope:
         """The messages of every route of `kind` (only `channel`'s when given), not yet sent.
 
         Recipients who must not get one (opted out, no or bad address) are recorded here.
+        WhatsApp messages are rendered from `ctx.for_whatsapp()`: long values cut to fit Twilio.
         """
-        shared = ctx.template_vars()  # once per call, not once per recipient
+        views: dict[bool, tuple[MessageContext, dict[str, Any]]] = {}
         messages = []
         for route in ROUTES.get(kind, ()) if channel is None else routes_for(kind, channel):
-            target = self.resolve(route, ctx)
+            whatsapp = route.channel == "whatsapp"
+            if whatsapp not in views:  # once per call, not once per recipient
+                view = ctx.for_whatsapp() if whatsapp else ctx
+                views[whatsapp] = (view, view.template_vars())
+            view, shared = views[whatsapp]
+            target = self.resolve(route, view)
             if target is not None:
-                messages.append(self._message(route, ctx, target, shared))
+                messages.append(self._message(route, view, target, shared))
         return Outgoing(self, messages)
 
     def skip(self, kind: str, ctx: MessageContext, code: str, reason: str) -> list[DeliveryRecord]:
@@ -398,22 +414,33 @@ class DeliveryScope:
             )
             return None
         except PermanentDeliveryError as exc:
-            log.warning(
-                "delivery.failed",
-                event_id=self.event_id,
-                channel=message.channel,
-                provider=transport.name,
-                error_code=exc.code,
-                error=str(exc),
-            )
-            return self.record(self._record(message, "failed", error_code=exc.code, error_message=str(exc)))
+            failed = self._record(message, "failed", error_code=exc.code, error_message=str(exc))
+            return self.record(failed, provider=transport.name)
         return self.record(self._record(message, sent.status, provider_message_id=sent.provider_message_id))
 
-    def record(self, record: DeliveryRecord) -> DeliveryRecord:
+    def record(self, record: DeliveryRecord, **log_context: Any) -> DeliveryRecord:
+        """Keep `record` for the ledger. A message not sent (`failed`, `skipped`) also gets its one
+        log line, `delivery.failed` / `delivery.skipped`, here where every such record passes:
+        ops read the logs, not the ledger."""
         self.records.append(record)
         if self.on_record is not None:
             self.on_record(record)
         _delivery_counter(record.channel, record.status).inc()
+        if record.status in ("failed", "skipped"):
+            failed = record.status == "failed"
+            log.log(
+                logging.WARNING if failed else logging.INFO,
+                "delivery.failed" if failed else "delivery.skipped",
+                event_id=self.event_id,
+                kind=self.kind,
+                channel=record.channel,
+                template=record.template,
+                recipient_role=record.recipient_role,
+                recipient_masked=masked_recipient(record.recipient),
+                reason=record.error_code,
+                error=record.error_message,
+                **log_context,
+            )
         return record
 
     @staticmethod
@@ -434,6 +461,17 @@ class DeliveryScope:
         else:  # a direct call: the same content to the same person is the same message
             basis = f"direct|{message.channel}|{message.recipient}|{message.subject}|{message.text}"
         return "flavor-" + hashlib.sha256(basis.encode()).hexdigest()[:40]
+
+
+def masked_recipient(recipient: str) -> str:
+    """A ledger recipient as a log line may show it: a phone number or an email address masked
+    (core.redaction), a placeholder such as `client:<id>` or `admin` as it is. Logged under
+    a key of its own, which the redaction step does not mask a second time."""
+    if "@" in recipient:
+        return mask_email(recipient)
+    if recipient.startswith("+"):
+        return mask_phone(recipient)
+    return recipient
 
 
 def content_variables(ctx: MessageContext, target: Target, text: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ from handlers.delivery import Message, Outgoing, current_scope, current_template
 from handlers.models import Application, Booking, MessageContext, Person
 from handlers.rendering import Rendered
 from handlers.routing import Route
+from handlers.values import one_line
 
 _TAG = re.compile(r"<[^>]+>")
 _BLANKS = re.compile(r"\n\s*\n+")
@@ -35,7 +36,8 @@ async def send_email(
 ) -> DeliveryRecord | None:
     """Send one email with both an HTML and a plain-text part (`text` derived from `html` if absent).
 
-    `secret` names a value (an OTP code) the console transport must never print.
+    `secret` names a value (an OTP code) the console transport must never print. The subject is
+    put on one line (handlers.values): it is a header, so it may not carry a second one.
     Returns the ledger record, or None when the ledger already shows this email sent.
     """
     scope = current_scope()
@@ -48,7 +50,7 @@ async def send_email(
         Message(
             channel="email",
             recipient=address,
-            subject=subject,
+            subject=one_line(subject),  # a header: whatever the caller passes, one line
             html=html,
             text=text if text is not None else html_to_text(html),
             reply_to=reply_to,

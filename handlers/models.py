@@ -2,18 +2,49 @@
 
 Plain immutable records loaded in bulk by the router's `prepare()`; the platform's functions
 (`notify_booking_created(booking, client, performer)`, ...) take these.
+
+Every free-text field (names, reference, event type, venue, reason, notes: the fields named in
+`handlers.values.WHATSAPP_LIMITS`) is put on one line when a record is built, however it is
+built, so no value from a row can add lines to any message (see handlers.values for why).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from decimal import Decimal
-from functools import cached_property
-from typing import Any
+from functools import cache, cached_property
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
+from handlers.values import WHATSAPP_LIMITS, one_line, shorten
+
 _DEFAULT_TZ = "Australia/Sydney"
+
+_Record = TypeVar("_Record")
+
+
+@cache
+def _free_text(record_type: type) -> tuple[str, ...]:
+    """The fields of `record_type` that hold free text from the app's rows."""
+    return tuple(f.name for f in fields(record_type) if f.name in WHATSAPP_LIMITS)
+
+
+def _one_line_fields(record: object) -> None:
+    """Put every free-text field of `record` (a dataclass being built, frozen or not) on one line."""
+    for name in _free_text(type(record)):
+        object.__setattr__(record, name, one_line(getattr(record, name)))
+
+
+def _shortened(record: _Record) -> _Record:
+    """`record` itself when every free-text field fits its WhatsApp length (the usual case: its
+    cached properties are kept), else a copy with the long ones cut."""
+    cut = {
+        name: shorten(value, WHATSAPP_LIMITS[name])
+        for name in _free_text(type(record))
+        if (value := getattr(record, name)) is not None and len(value) > WHATSAPP_LIMITS[name]
+    }
+    return replace(record, **cut) if cut else record  # type: ignore[type-var]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +58,9 @@ class Person:
     phone: str | None
     whatsapp_opt_in: bool = True
     email_opt_in: bool = True
+
+    def __post_init__(self) -> None:
+        _one_line_fields(self)
 
     @property
     def first_name(self) -> str:
@@ -49,6 +83,9 @@ class Booking:
     deposit_amount: Decimal
     amount_paid: Decimal
     cancellation_reason: str | None
+
+    def __post_init__(self) -> None:
+        _one_line_fields(self)
 
     @cached_property
     def zone(self) -> ZoneInfo:
@@ -98,6 +135,9 @@ class Application:
     status: str
     review_notes: str | None
 
+    def __post_init__(self) -> None:
+        _one_line_fields(self)
+
 
 @dataclass(slots=True)
 class MessageContext:
@@ -117,8 +157,22 @@ class MessageContext:
     approved: bool | None = None
     notes: str | None = None
 
+    def __post_init__(self) -> None:
+        _one_line_fields(self)
+
     def template_vars(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+    def for_whatsapp(self) -> MessageContext:
+        """This context with every free-text value cut to its WhatsApp length, so that a long
+        value from a row, never the message's own wording, is what gives way to Twilio's 1,600."""
+        return replace(
+            _shortened(self),
+            booking=self.booking and _shortened(self.booking),
+            client=self.client and _shortened(self.client),
+            performer=self.performer and _shortened(self.performer),
+            application=self.application and _shortened(self.application),
+        )
 
 
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")

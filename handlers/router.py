@@ -85,6 +85,10 @@ Sender = Callable[[Event, EventData], Awaitable[Any]]
 
 #: Used when `prepare()` found nothing for an event (its rows are gone).
 NO_DATA = EventData(None, None, None, None, None, frozenset())
+#: Kinds the triggers emit that tell nobody anything: done, with nothing to send.
+SILENT_KINDS = frozenset({"booking.completed"})
+#: An event's `last_error` when no worker route exists for its kind.
+UNKNOWN_KIND_ERROR = "unknown_kind: no route for this event kind"
 #: A booking still gets its reminder in these statuses (the scheduler's "confirmed").
 REMINDED_STATUSES = frozenset({"deposit_verified", "accepted"})
 #: A balance is no longer asked for in these statuses.
@@ -142,9 +146,14 @@ async def handle_event(
     failure (or before the process stops) is in the ledger, and a retry does not send it twice.
     """
     sender = SENDERS.get(event.kind)
-    if sender is None:  # not a notification event (e.g. booking.completed): nothing to send
-        return Outcome()
-    scope = DeliveryScope(dispatcher, event.id, data.ledger, record)
+    if sender is None:
+        if event.kind in SILENT_KINDS:
+            return Outcome()
+        # Failed, not done: it shows in `events list --status failed` and the metrics, and
+        # `events retry` sends it once a worker that knows the kind runs (a newer trigger's kind).
+        log.warning("event.unknown_kind", event_id=event.id, kind=event.kind)
+        return Outcome(error=PermanentDeliveryError(UNKNOWN_KIND_ERROR, code="unknown_kind"))
+    scope = DeliveryScope(dispatcher, event.id, data.ledger, record, event.kind)
     with delivering(scope):
         try:
             await sender(event, data)

@@ -26,6 +26,7 @@ from core.metrics import METRICS
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent
 from handlers.provider_http import RateLimiter, loop_running, provider_connection_limit, retry_after_seconds
+from handlers.values import template_variable
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -106,7 +107,11 @@ class TwilioWhatsApp:
         form: dict[str, object] = {"To": f"whatsapp:{message.recipient}", "From": self.sender}
         if message.content_sid:
             form["ContentSid"] = message.content_sid
-            form["ContentVariables"] = json.dumps(message.content_variables or {})
+            # Here, at Twilio's edge, so that no path (routed or a direct send) can exceed its limits.
+            variables = {
+                key: template_variable(value) for key, value in (message.content_variables or {}).items()
+            }
+            form["ContentVariables"] = json.dumps(variables)
         else:
             form["Body"] = message.text
         if self.settings.twilio_status_callback_url:

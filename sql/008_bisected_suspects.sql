@@ -71,3 +71,6 @@ AS $$
     WHERE e.id = picked.id
     RETURNING e.id, e.kind, e.subject_id, e.payload, e.attempts, e.expires_at, e.created_at;
 $$;
+
+-- Only the worker's own role may call it (sql/007).
+REVOKE EXECUTE ON FUNCTION worker.claim_events_v2(text, integer, boolean) FROM PUBLIC;

@@ -1,8 +1,9 @@
 """Local stand-ins for the Twilio Messages API and the Resend Emails API, for tests and benchmarks.
 
-They answer like the real APIs (Twilio: 201 message JSON, 400 code 21211, 429 code 20429 with
-Retry-After, 500; Resend: 200 with an id, 422 validation_error, 429 rate_limit_exceeded), can
-be scripted to fail, throttle or stall, and record every request with its arrival time.
+They answer like the real APIs (Twilio: 201 message JSON, 400 code 21211, 400 code 21617 for a
+Body over 1,600 characters, 429 code 20429 with Retry-After, 500; Resend: 200 with an id, 422
+validation_error, 429 rate_limit_exceeded), can be scripted to fail, throttle or stall, and
+record every request with its arrival time.
 
 One server serves both: point TWILIO_API_BASE_URL and RESEND_API_URL at `fake.url`.
 
@@ -54,6 +55,12 @@ class Reply:
     code: int | str | None = None
     retry_after: float | None = None
     delay: float = 0.0
+
+
+#: Twilio refuses a longer Body for good (counted here in UTF-16 code units, the stricter reading).
+TWILIO_MAX_BODY = 1600
+_BODY_TOO_LONG = Reply(400, 21617)
+_TWILIO_MESSAGES = {"21617": "The concatenated message body exceeds the 1600 character limit."}
 
 
 @dataclass(slots=True)
@@ -152,6 +159,8 @@ class FakeProviders:
         body = {k: str(v) for k, v in form.items()}
         script = self.scripts["twilio"]
         reply = script.next_reply(body.get("To", ""))
+        if len(body.get("Body", "").encode("utf-16-le")) > 2 * TWILIO_MAX_BODY:
+            reply = _BODY_TOO_LONG
         await self._wait(script, reply)
         if reply is None or reply.status < 300:
             sid = "SM" + uuid.uuid4().hex
@@ -184,7 +193,7 @@ class FakeProviders:
             code, message = _TWILIO_ERRORS.get(status, (status * 100, "Error"))
             payload = {
                 "code": reply.code or code,
-                "message": message,
+                "message": _TWILIO_MESSAGES.get(str(reply.code), message),
                 "status": status,
                 "more_info": f"https://www.twilio.com/docs/errors/{reply.code or code}",
             }

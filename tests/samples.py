@@ -58,8 +58,18 @@ def performer(**values: object) -> Person:
     return Person(**fields)  # type: ignore[arg-type]
 
 
-def application() -> Application:
-    return Application("a1", "Lee Dancer", "Lee Star", "lee@example.com", None, "approved", "Great audition")
+def application(**values: object) -> Application:
+    fields: dict[str, object] = {
+        "id": "a1",
+        "full_name": "Lee Dancer",
+        "stage_name": "Lee Star",
+        "email": "lee@example.com",
+        "phone": None,
+        "status": "approved",
+        "review_notes": "Great audition",
+    }
+    fields.update(values)
+    return Application(**fields)  # type: ignore[arg-type]
 
 
 def otp(minutes: int = 10) -> OtpCode:
@@ -71,7 +81,11 @@ def event_data(**booking_values: object) -> EventData:
     return EventData(booking(**booking_values), client(), performer(), otp(), application(), frozenset())
 
 
-def null_dispatcher() -> Dispatcher:
-    settings = Settings(admin_whatsapp="+61400000001", admin_email="admin@example.com")
+def null_dispatcher(**settings_values: object) -> Dispatcher:
+    settings = Settings(
+        admin_whatsapp="+61400000001",
+        admin_email="admin@example.com",
+        **settings_values,  # type: ignore[arg-type]
+    )
     null = NullTransport()
     return Dispatcher(settings, {"whatsapp": null, "email": null, "in_app": null})

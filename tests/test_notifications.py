@@ -352,6 +352,145 @@ async def test_vetting_decision_emails_the_applicant_with_notes(
     assert "Great audition & references" in email.body["text"]
 
 
+def body_lines(request: Recorded) -> list[str]:
+    return request.body["Body"].split("\n")
+
+
+async def test_a_100_kb_venue_still_sends_every_whatsapp_within_twilios_limit(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    """The venue is cut with an ellipsis before rendering; the message's own lines stay whole.
+    (Before: a 100 KB Body, which Twilio refuses for good, error 21617.)"""
+    venue = "Grand Hall, 1 Long Road " * 4_200  # 100,800 characters
+    booking, _, _ = add_party(db, venue=venue)
+    settings = provider_settings(
+        db_url, fake, whatsapp_content_templates={"booking_created_performer": "HX" + "1" * 32}
+    )
+    async with running_router(settings):
+        assert await wait_finished(db, 1) == {"done": 1}
+    assert {r["status"] for r in ledger(db)} == {"sent"} and len(ledger(db)) == 4
+    sent = {r.body["To"]: r for r in fake.received("twilio")}
+    assert set(sent) == {ADMIN, CLIENT, PERFORMER}
+    assert all(len(r.body.get("Body", "")) <= 1600 for r in sent.values())
+    admin = body_lines(sent[ADMIN])
+    assert len(admin) == 7 and admin[0].startswith("New booking request FE-")
+    [venue_line] = [line for line in admin if line.startswith("Venue: ")]
+    assert venue_line.endswith("…") and venue.startswith(venue_line.removeprefix("Venue: ")[:-1])
+    assert admin[-1] == f"Review: http://localhost:3000/admin/bookings/{booking}"
+    # An approved Content template's variables: each on one line and within Twilio's 256.
+    variables = json.loads(sent[PERFORMER].body["ContentVariables"])
+    assert set(variables) == {"1", "2", "3", "4"} and variables["1"] == "Nova"
+    assert all(len(v) <= 250 and "\n" not in v for v in variables.values())
+    assert variables["4"].startswith("Hi Nova, new booking request FE-") and variables["4"].endswith("…")
+
+
+async def test_values_from_rows_cannot_add_lines_to_any_message(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    """Line breaks and control characters in names, the reference and the venue collapse to one
+    space in WhatsApp bodies and email subjects; the email's HTML still escapes every value."""
+    hostile = "<script>alert(1)</script>\r\nBcc: evil@example.net"
+    client = add_client(db, full_name=hostile)
+    performer = add_performer(db, stage_name="DJ\u2028Nova\x1b[31m")
+    add_booking(db, client, performer, reference="FE-9\r\nBcc: evil@example.net", venue="Hall\n\n\tB")
+    async with running_router(provider_settings(db_url, fake)):
+        assert await wait_finished(db, 1) == {"done": 1}
+    one_line_name = "<script>alert(1)</script> Bcc: evil@example.net"
+    sent = {r.body["To"]: r for r in fake.received("twilio")}
+    admin = body_lines(sent[ADMIN])
+    assert admin[:5] == [
+        "New booking request FE-9 Bcc: evil@example.net",
+        f"Client: {one_line_name}",
+        "Performer: DJ Nova [31m",
+        admin[3],
+        "Venue: Hall B",
+    ]
+    assert len(admin) == 7
+    for request in sent.values():
+        assert not any(c in request.body["Body"] for c in "\r\x1b\u2028\t")
+    assert len(body_lines(sent[CLIENT])) == 2 and len(body_lines(sent[PERFORMER])) == 1
+    [email] = fake.received("resend")
+    assert email.body["subject"] == "We received your booking request FE-9 Bcc: evil@example.net"
+    assert "<script>" not in email.body["html"]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in email.body["html"]
+    assert "\r" not in email.body["text"]
+    assert "Reference: FE-9 Bcc: evil@example.net\nPerformer: DJ Nova [31m\n" in email.body["text"]
+
+
+def captured_lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_every_message_not_sent_logs_one_line_with_its_reason(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    """Ops read the logs, not the ledger: each failed or skipped delivery has its own line
+    (once, even when the provider refused it), with a masked recipient and the reason."""
+    client = add_client(db, phone="not a number", email_opt_in=False)
+    performer = add_performer(db, phone="0400 000 009")
+    add_booking(db, client, performer)
+    fake.reject("twilio", "whatsapp:+61400000009", Reply(400, 21211))
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    try:
+        async with running_router(provider_settings(db_url, fake, admin_whatsapp=None)):
+            assert await wait_finished(db, 1) == {"done": 1}
+    finally:
+        configure_logging("INFO", "json")
+    rows = {(r["recipient_role"], r["channel"]): r for r in ledger(db)}
+    assert {key: (r["status"], r["error_code"]) for key, r in rows.items()} == {
+        ("admin", "whatsapp"): ("failed", "missing_address"),
+        ("client", "whatsapp"): ("failed", "invalid_number"),
+        ("client", "email"): ("skipped", "opted_out"),
+        ("performer", "whatsapp"): ("failed", "21211"),
+    }
+    lines = [line for line in captured_lines(stream) if line["event"].startswith("delivery.")]
+    logged = sorted(
+        (line["event"], line["recipient_role"], line["channel"], line["template"], line["reason"],
+         line["recipient_masked"])
+        for line in lines
+    )  # fmt: skip
+    [event_id] = {r["event_id"] for r in rows.values()}
+    assert logged == [
+        ("delivery.failed", "admin", "whatsapp", "booking_created_admin", "missing_address", "admin"),
+        ("delivery.failed", "client", "whatsapp", "booking_created_client", "invalid_number",
+         f"client:{client}"),
+        ("delivery.failed", "performer", "whatsapp", "booking_created_performer", "21211", "+61******009"),
+        ("delivery.skipped", "client", "email", "booking_received", "opted_out", "a***@example.com"),
+    ]  # fmt: skip
+    assert all(line["event_id"] == event_id and line["kind"] == "booking.created" for line in lines)
+    assert [line["provider"] for line in lines if line["reason"] == "21211"] == ["twilio"]
+    for personal in ("+61400000009", "0400 000 009", "400000009", CLIENT_EMAIL):
+        assert personal not in stream.getvalue()
+
+
+async def test_an_unknown_event_kind_is_logged_and_failed_with_its_reason(
+    db: psycopg.Connection, db_url: str, fake
+) -> None:
+    """A kind nobody routes (a newer trigger's, a typo) fails visibly, ready for `events retry`
+    once a worker knows it; a kind that is known to send nothing is simply done."""
+    for kind in ("booking.teleported", "booking.completed"):
+        db.execute(
+            "INSERT INTO worker.events (kind, subject_id, payload) VALUES (%s, %s, '{}')", (kind, kind)
+        )
+    db.execute("NOTIFY worker_events")
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    try:
+        async with running_router(provider_settings(db_url, fake)):
+            assert await wait_finished(db, 2) == {"done": 1, "failed": 1}
+    finally:
+        configure_logging("INFO", "json")
+    status = {e["kind"]: (e["status"], e["last_error"]) for e in events(db)}
+    assert status["booking.completed"] == ("done", None)
+    assert status["booking.teleported"][0] == "failed"
+    assert status["booking.teleported"][1].startswith("unknown_kind")
+    [line] = [line for line in captured_lines(stream) if line["event"] == "event.unknown_kind"]
+    teleported = next(e["id"] for e in events(db) if e["kind"] == "booking.teleported")
+    assert (line["event_id"], line["kind"], line["level"]) == (teleported, "booking.teleported", "warning")
+    assert fake.requests == [] and ledger(db) == []
+
+
 def silent_party(db: psycopg.Connection, **booking_values) -> tuple[str, str, str]:
     """A party whose writes make no events (as a backfill would): the test queues its own."""
     with db.transaction():
@@ -629,6 +768,13 @@ async def test_send_email_sends_html_text_reply_to_and_an_idempotency_key(direct
     # The same email to the same person is the same message to Resend; a different one is not.
     key = first.headers["Idempotency-Key"]
     assert key and again.headers["Idempotency-Key"] == key != other.headers["Idempotency-Key"]
+
+
+async def test_send_email_puts_a_subject_on_one_line(direct_sends, fake) -> None:
+    """A subject is a header: whatever a caller passes, it cannot carry a second line."""
+    await send_email("guest@example.com", "Your receipt\r\nBcc: evil@example.net", "<p>Hi</p>")
+    [request] = fake.received("resend")
+    assert request.body["subject"] == "Your receipt Bcc: evil@example.net"
 
 
 async def test_status_callback_url_and_client_side_rate_limit(db_url: str, fake) -> None:

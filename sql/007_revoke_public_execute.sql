@@ -1,0 +1,18 @@
+-- Defence in depth: only the worker's own role may call the functions of schema `worker`.
+--
+-- PostgreSQL grants EXECUTE on every new function to PUBLIC, so until now only the missing USAGE
+-- on schema `worker` kept other roles (the app's, Supabase's `anon` / `authenticated`) from
+-- calling worker.emit_event (an outbox row is a message to someone), worker.claim_events or
+-- worker.install_triggers: one GRANT USAGE made for another reason would have opened them all.
+--
+-- Nothing that runs today stops working, this version's code or the previous one's during a deploy:
+-- * The app's writes still emit events. A trigger function's EXECUTE is checked when the trigger
+--   is created, not when it fires; the trigger functions are SECURITY DEFINER, so what they call
+--   (worker.emit_event, worker.events_silenced) runs as their owner.
+-- * The worker connects as the role that ran these migrations, the functions' owner, whose own
+--   EXECUTE is not PUBLIC's and stays. A worker connecting as another role needs
+--   `GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA worker TO <that role>`.
+--
+-- A function added by a later migration must revoke the same (tests/test_privileges.py checks
+-- every routine of the schema).
+REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA worker FROM PUBLIC;
