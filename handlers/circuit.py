@@ -30,8 +30,7 @@ from typing import Literal
 import structlog
 
 from core.metrics import METRICS
-from handlers.contract import PermanentDeliveryError, TransientDeliveryError
-from handlers.delivery import Message, Sent, Transport
+from handlers.contract import TransientDeliveryError
 
 log = structlog.get_logger(__name__)
 
@@ -122,28 +121,3 @@ class CircuitBreaker:
     def _set_gauge(self) -> None:
         METRICS.circuit_state.labels(self.provider).set(_GAUGE_VALUES[self.state])
 
-
-class CircuitBreakingTransport:
-    """A provider transport behind its breaker (console, null and in-app transports need none)."""
-
-    def __init__(self, inner: Transport, breaker: CircuitBreaker) -> None:
-        self.inner = inner
-        self.breaker = breaker
-        self.name = inner.name
-
-    async def send(self, message: Message) -> Sent:
-        await self.breaker.before_request()
-        try:
-            sent = await self.inner.send(message)
-        except TransientDeliveryError as exc:
-            if not exc.throttled:
-                self.breaker.failed()
-            raise
-        except PermanentDeliveryError:
-            self.breaker.succeeded()  # the provider answered: it is up, the message is the problem
-            raise
-        self.breaker.succeeded()
-        return sent
-
-    async def close(self) -> None:
-        await self.inner.close()

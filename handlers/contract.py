@@ -99,6 +99,9 @@ class EventHandler(Protocol):
     async def prepare(self, events: Sequence[Event]) -> Any:
         """Load, in as few queries as possible, what the batch's messages need."""
 
+    def stop_sending(self) -> None:
+        """The worker is stopping: start no new provider request (those under way finish)."""
+
     async def handle(self, event: Event, context: Any, record: RecordDelivery) -> Outcome:
         """Handle one event, passing each delivery's record to `record` as soon as it is made;
         never raise for a delivery problem, report it in the Outcome."""

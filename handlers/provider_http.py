@@ -8,6 +8,7 @@ circle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -37,13 +38,19 @@ class RateLimiter:
         self.burst = max(1.0, rate) * self.interval
         self._tat = 0.0  # theoretical arrival time of the next request
 
-    async def acquire(self) -> None:
+    async def acquire(self, interrupt: asyncio.Event | None = None) -> None:
+        """Wait for this request's turn; returns early once `interrupt` is set (shutdown)."""
         now = time.monotonic()
         tat = max(self._tat, now)
         self._tat = tat + self.interval
         wait = tat + self.interval - self.burst - now
-        if wait > 0:
+        if wait <= 0:
+            return
+        if interrupt is None:
             await asyncio.sleep(wait)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(interrupt.wait(), wait)
 
 
 def provider_connection_limit(settings: Settings) -> int:

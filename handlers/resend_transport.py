@@ -18,7 +18,7 @@ from resend.http_client_async import AsyncHTTPClient
 from core.metrics import METRICS
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent
-from handlers.provider_http import RateLimiter, loop_running, provider_connection_limit, retry_after_seconds
+from handlers.provider_http import loop_running, provider_connection_limit, retry_after_seconds
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -78,7 +78,6 @@ class ResendEmail:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.limiter = RateLimiter(settings.resend_rate_per_second)
         self.http = _PooledResendClient(
             settings.provider_timeout_seconds, provider_connection_limit(settings)
         )
@@ -97,7 +96,6 @@ class ResendEmail:
         }
         if message.reply_to:
             params["reply_to"] = message.reply_to
-        await self.limiter.acquire()
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.provider_timeout_seconds):

@@ -39,7 +39,7 @@ from handlers.email import (
 )
 from handlers.in_app import add_in_app_notifications
 from handlers.models import Application, Booking, MessageContext, OtpCode, Person
-from handlers.transports import build_transports, circuit_breakers
+from handlers.transports import build_transports, provider_guards
 from handlers.whatsapp import (
     notify_booking_accepted,
     notify_booking_approved,
@@ -130,7 +130,12 @@ class NotificationRouter:
 
     def circuits(self) -> list[CircuitBreaker]:
         """The provider circuit breakers, for /healthz."""
-        return circuit_breakers(self.dispatcher.transports)
+        return [guard.breaker for guard in provider_guards(self.dispatcher.transports)]
+
+    def stop_sending(self) -> None:
+        """Shutdown: no new provider request starts; those under way finish."""
+        for guard in provider_guards(self.dispatcher.transports):
+            guard.stop_sending()
 
     async def close(self) -> None:
         """Close the providers' HTTP clients (on daemon shutdown)."""

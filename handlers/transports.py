@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING
 import psycopg
 import structlog
 
-from handlers.circuit import CircuitBreaker, CircuitBreakingTransport
+from handlers.circuit import CircuitBreaker
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent, Transport
+from handlers.provider_guard import ProviderGuard
+from handlers.provider_http import RateLimiter
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -125,7 +127,7 @@ def _whatsapp(settings: Settings) -> Transport:
     if settings.message_transport == "auto" and settings.twilio_configured:
         from handlers.twilio_transport import TwilioWhatsApp
 
-        return _behind_breaker(TwilioWhatsApp(settings), settings)
+        return _guarded(TwilioWhatsApp(settings), settings.twilio_rate_per_second, settings)
     return ConsoleTransport("whatsapp")
 
 
@@ -133,11 +135,11 @@ def _email(settings: Settings) -> Transport:
     if settings.message_transport == "auto" and settings.resend_configured:
         from handlers.resend_transport import ResendEmail
 
-        return _behind_breaker(ResendEmail(settings), settings)
+        return _guarded(ResendEmail(settings), settings.resend_rate_per_second, settings)
     return ConsoleTransport("email")
 
 
-def _behind_breaker(transport: Transport, settings: Settings) -> Transport:
+def _guarded(transport: Transport, rate_per_second: float, settings: Settings) -> ProviderGuard:
     breaker = CircuitBreaker(
         transport.name,
         failure_threshold=settings.circuit_failure_threshold,
@@ -145,9 +147,9 @@ def _behind_breaker(transport: Transport, settings: Settings) -> Transport:
         max_open_seconds=settings.circuit_max_open_seconds,
         probe_wait=settings.provider_timeout_seconds,
     )
-    return CircuitBreakingTransport(transport, breaker)
+    return ProviderGuard(transport, breaker, RateLimiter(rate_per_second))
 
 
-def circuit_breakers(transports: Mapping[str, Transport]) -> list[CircuitBreaker]:
-    """The breakers of the provider transports (none for console, null and in-app)."""
-    return [t.breaker for t in transports.values() if isinstance(t, CircuitBreakingTransport)]
+def provider_guards(transports: Mapping[str, Transport]) -> list[ProviderGuard]:
+    """The guards of the provider transports (none for console, null and in-app)."""
+    return [t for t in transports.values() if isinstance(t, ProviderGuard)]

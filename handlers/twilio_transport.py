@@ -25,7 +25,7 @@ from twilio.rest import Client as TwilioClient
 from core.metrics import METRICS
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent
-from handlers.provider_http import RateLimiter, loop_running, provider_connection_limit, retry_after_seconds
+from handlers.provider_http import loop_running, provider_connection_limit, retry_after_seconds
 from handlers.values import template_variable
 
 if TYPE_CHECKING:
@@ -87,7 +87,6 @@ class TwilioWhatsApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.sender = "whatsapp:" + str(settings.twilio_whatsapp_number).removeprefix("whatsapp:")
-        self.limiter = RateLimiter(settings.twilio_rate_per_second)
         base = (settings.twilio_api_base_url or TWILIO_API).rstrip("/")
         self.messages_url = f"{base}/2010-04-01/Accounts/{settings.twilio_account_sid}/Messages.json"
         self._client: TwilioClient | None = None
@@ -117,7 +116,6 @@ class TwilioWhatsApp:
         if self.settings.twilio_status_callback_url:
             form["StatusCallback"] = self.settings.twilio_status_callback_url
         client = self._twilio()
-        await self.limiter.acquire()
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.provider_timeout_seconds):

@@ -5,9 +5,10 @@
 -- cost of a batch's completion.
 
 -- name: claim_batch
--- Claim up to %(limit)s due events, oldest first, subject by subject (sql/006: the plan is pinned),
--- or a group of suspects (sql/008).
-SELECT * FROM worker.claim_events_v2(%(worker_id)s::text, %(limit)s::integer, %(suspects)s::boolean);
+-- Claim up to %(limit)s due events, login codes first, then oldest first, subject by subject
+-- (sql/006: the plan is pinned); or a group of suspects; or login codes only (sql/008).
+SELECT * FROM worker.claim_events_v2(
+    %(worker_id)s::text, %(limit)s::integer, %(suspects)s::boolean, %(urgent)s::boolean);
 
 -- name: complete_events
 -- Record ledger rows and outcomes in ONE statement (atomic, one round trip). A ledger row comes

@@ -152,8 +152,10 @@ class Worker:
             self._log.info("worker.stopped")
 
     def stop(self) -> None:
-        """Stop claiming; in-flight events finish (bounded by SHUTDOWN_GRACE_SECONDS)."""
+        """Stop claiming and sending: requests under way finish, and so do their events
+        (bounded by SHUTDOWN_GRACE_SECONDS); messages not yet started are left for later."""
         self._stopping.set()
+        self.handler.stop_sending()
         self.wake.set()
 
     @property
@@ -169,7 +171,9 @@ class Worker:
             self.wake.clear()
             while not self._stopping.is_set():
                 if not self._solo.isdisjoint(self._inflight):
-                    break  # suspects run alone: nothing else is claimed until they are done
+                    # Suspects run alone, but for login codes: someone waits for those.
+                    await self._claim_urgent_beside_suspects(failures)
+                    break
                 self._solo = frozenset()
                 if self._suspect_waiting:
                     if self._inflight:
@@ -215,8 +219,22 @@ class Worker:
         await self._start(group)
         return True
 
-    async def _claim(self, limit: int, suspects: bool = False) -> list[Event]:
-        params = {"limit": limit, "worker_id": self.worker_id, "suspects": suspects}
+    async def _claim_urgent_beside_suspects(self, failures: int) -> None:
+        """While a group of suspects runs alone, login codes still go out (at most a slot's
+        worth; should the worker die now, they are simply part of the group that died)."""
+        room = self._max_claimed - self._unhandled
+        if room <= 0 or failures:
+            return
+        try:
+            urgent = await self._claim(min(room, self.settings.worker_concurrency), urgent=True)
+        except psycopg.Error as exc:
+            self._log.warning("worker.claim_failed", error=str(exc))
+            return
+        if urgent:
+            await self._start(urgent)
+
+    async def _claim(self, limit: int, suspects: bool = False, urgent: bool = False) -> list[Event]:
+        params = {"limit": limit, "worker_id": self.worker_id, "suspects": suspects, "urgent": urgent}
         async with self.pool.connection() as conn:
             cur = await conn.execute(QUERIES["claim_batch"], params, prepare=True)
             rows = await cur.fetchall()

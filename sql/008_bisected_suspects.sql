@@ -27,9 +27,17 @@ UPDATE worker.events SET suspect_group = 1 WHERE status = 'pending' AND crashes 
 CREATE INDEX events_suspect_group_idx ON worker.events (id)
     WHERE status = 'pending' AND suspect_group IS NOT NULL;
 
--- The claim of sql/006 with suspects picked by group. The previous version's workers keep
--- calling worker.claim_events during a deploy; both may run side by side.
-CREATE FUNCTION worker.claim_events_v2(claimer text, max_events integer, suspects_only boolean)
+-- Login codes first: someone is waiting at a login screen, while most events can wait a
+-- second. The claim takes due `otp.created` events before any other (through their own small
+-- index, so looking costs nothing when there are none), and a worker running a group of
+-- suspects alone still claims them (urgent_only): a recovery must not hold up a login.
+CREATE INDEX events_pending_urgent_idx ON worker.events (id)
+    WHERE status = 'pending' AND kind = 'otp.created';
+
+-- The claim of sql/006, with login codes first and suspects picked by group. The previous
+-- version's workers keep calling worker.claim_events during a deploy; both may run side by side.
+CREATE FUNCTION worker.claim_events_v2(
+    claimer text, max_events integer, suspects_only boolean, urgent_only boolean)
 RETURNS TABLE (id bigint, kind text, subject_id text, payload jsonb, attempts integer,
                expires_at timestamptz, created_at timestamptz)
 LANGUAGE sql
@@ -37,22 +45,40 @@ VOLATILE
 SET enable_sort = off
 SET enable_bitmapscan = off
 AS $$
-    -- Up to max_events due events, oldest first; an event waits while an older one of its
-    -- subject is open. With suspects_only, the events freed from dead workers, as many as the
-    -- oldest one's group allows (they then run alone, together); otherwise the others.
-    WITH head AS (
+    -- Up to max_events due events, oldest first, login codes before the rest; an event waits
+    -- while an older one of its subject is open. With suspects_only, the events freed from
+    -- dead workers instead, as many as the oldest one's group allows (they then run alone,
+    -- together). With urgent_only, login codes only.
+    WITH urgent AS (
+        SELECT e.id
+        FROM worker.events e
+        WHERE NOT suspects_only
+          AND e.status = 'pending' AND e.kind = 'otp.created'
+          AND e.run_at <= now()
+          AND e.suspect_group IS NULL
+          AND NOT EXISTS (
+              SELECT 1 FROM worker.events older
+              WHERE older.subject_id = e.subject_id
+                AND older.id < e.id
+                AND older.status IN ('pending', 'processing'))
+        ORDER BY e.id
+        LIMIT max_events
+        FOR UPDATE SKIP LOCKED
+    ), head AS (
         SELECT s.suspect_group
         FROM worker.events s
         WHERE suspects_only AND s.status = 'pending' AND s.suspect_group IS NOT NULL
           AND s.run_at <= now()
         ORDER BY s.id
         LIMIT 1
-    ), picked AS (
+    ), rest AS (
         SELECT e.id
         FROM worker.events e
-        WHERE e.status = 'pending'
+        WHERE NOT urgent_only
+          AND e.status = 'pending'
           AND e.run_at <= now()
           AND (e.suspect_group IS NOT NULL) = suspects_only
+          AND (suspects_only OR e.kind <> 'otp.created')
           AND NOT EXISTS (
               SELECT 1 FROM worker.events older
               WHERE older.subject_id = e.subject_id
@@ -61,16 +87,16 @@ AS $$
         ORDER BY e.id
         LIMIT CASE WHEN suspects_only
                    THEN least(max_events, coalesce((SELECT suspect_group FROM head), 0))
-                   ELSE max_events END
+                   ELSE max_events - (SELECT count(*) FROM urgent) END
         FOR UPDATE SKIP LOCKED
     )
     UPDATE worker.events e
     SET status = 'processing', attempts = e.attempts + 1,
         locked_by = claimer, locked_at = now(), updated_at = now()
-    FROM picked
+    FROM (SELECT id FROM urgent UNION ALL SELECT id FROM rest) picked
     WHERE e.id = picked.id
     RETURNING e.id, e.kind, e.subject_id, e.payload, e.attempts, e.expires_at, e.created_at;
 $$;
 
 -- Only the worker's own role may call it (sql/007).
-REVOKE EXECUTE ON FUNCTION worker.claim_events_v2(text, integer, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION worker.claim_events_v2(text, integer, boolean, boolean) FROM PUBLIC;

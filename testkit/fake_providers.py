@@ -101,6 +101,9 @@ class FakeProviders:
         self.host = host
         self.port = port
         self.requests: list[Recorded] = []
+        #: (provider, recipient, time) of every request as it arrives, before it is answered:
+        #: what was in flight at a given moment, and which recipient a stalled request is for.
+        self.arrivals: list[tuple[Provider, str, float]] = []
         self.scripts: dict[Provider, _Script] = {"twilio": _Script(), "resend": _Script()}
         for script in self.scripts.values():
             script.latency = latency
@@ -134,6 +137,7 @@ class FakeProviders:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.arrivals.clear()
         for name in list(self.scripts):
             self.scripts[name] = _Script()
 
@@ -158,6 +162,7 @@ class FakeProviders:
         form = dict(await request.post())
         body = {k: str(v) for k, v in form.items()}
         script = self.scripts["twilio"]
+        self._arrived("twilio", body.get("To", ""), arrived)
         reply = script.next_reply(body.get("To", ""))
         if len(body.get("Body", "").encode("utf-16-le")) > 2 * TWILIO_MAX_BODY:
             reply = _BODY_TOO_LONG
@@ -204,7 +209,9 @@ class FakeProviders:
         body = await request.json()
         script = self.scripts["resend"]
         to = body.get("to") or [""]
-        reply = script.next_reply(to[0] if isinstance(to, list) else str(to))
+        recipient = to[0] if isinstance(to, list) else str(to)
+        self._arrived("resend", recipient, arrived)
+        reply = script.next_reply(recipient)
         await self._wait(script, reply)
         if reply is None or reply.status < 300:
             status, payload = 200, {"id": str(uuid.uuid4())}
@@ -213,6 +220,10 @@ class FakeProviders:
             name, message = _RESEND_ERRORS.get(status, ("application_error", "Error"))
             payload = {"statusCode": status, "name": reply.code or name, "message": message}
         return self._answer("resend", request, arrived, body, status, payload, reply)
+
+    def _arrived(self, provider: Provider, recipient: str, at: float) -> None:
+        with self._lock:
+            self.arrivals.append((provider, recipient, at))
 
     @staticmethod
     async def _wait(script: _Script, reply: Reply | None) -> None:

@@ -58,6 +58,14 @@ def add_bookings(conn: psycopg.Connection, count: int) -> None:
             add_booking(conn, client, performer)
 
 
+def add_login_code(conn: psycopg.Connection, email: str, code: str = "123456") -> str:
+    """An OTP row as the app writes one at a login screen (its trigger queues the email)."""
+    return _insert(conn, "otp_codes", {
+        "email": email, "code": code, "purpose": "login",
+        "expires_at": datetime.now(UTC) + timedelta(minutes=10),
+    })
+
+
 def _insert(conn: psycopg.Connection, table: str, row: dict[str, Any]) -> str:
     columns = psycopg.sql.SQL(", ").join(psycopg.sql.Identifier(c) for c in row)
     values = psycopg.sql.SQL(", ").join(psycopg.sql.Placeholder() for _ in row)

@@ -18,6 +18,9 @@ class LoggingHandler:
     async def prepare(self, events: Sequence[Event]) -> None:
         return None
 
+    def stop_sending(self) -> None:
+        return None
+
     async def handle(self, event: Event, context: Any, record: RecordDelivery) -> Outcome:
         log.info("event.handled", event_id=event.id, kind=event.kind, subject_id=event.subject_id)
         return Outcome()

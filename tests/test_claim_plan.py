@@ -20,7 +20,7 @@ def test_a_claim_reads_the_head_of_the_backlog_not_all_of_it(db_url: str) -> Non
         )
         with conn.transaction(force_rollback=True):
             claimed = conn.execute(
-                QUERIES["claim_batch"], {"worker_id": "w1", "limit": 10, "suspects": False}
+                QUERIES["claim_batch"], {"worker_id": "w1", "limit": 10, "suspects": False, "urgent": False}
             ).fetchall()
             [[rows_read]] = conn.execute(
                 "SELECT coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0)"

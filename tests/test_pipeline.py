@@ -54,6 +54,9 @@ class ScriptedHandler:
     async def prepare(self, events: Sequence[Event]) -> None:
         return None
 
+    def stop_sending(self) -> None:
+        return None
+
     async def handle(self, event: Event, context: Any, record: RecordDelivery) -> Outcome:
         self.running += 1
         self.max_running = max(self.max_running, self.running)

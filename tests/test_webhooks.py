@@ -323,12 +323,14 @@ async def test_a_status_callback_that_beats_its_ledger_row_is_applied_when_the_r
 ) -> None:
     client, performer = add_client(db), add_performer(db)
     # Twilio may call back before the ledger row of a message is committed: here the row's
-    # insert is held back 2 s by the database (a trigger made for this test), so the callbacks
+    # insert waits for a lock this test holds (a trigger made for this test), so the callbacks
     # arrive while the flush that writes it is under way and cannot see them.
     db.execute(
         "CREATE FUNCTION slow_ledger_for_test() RETURNS trigger LANGUAGE plpgsql AS"
-        " $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$"
+        " $$ BEGIN PERFORM pg_advisory_lock(7301); PERFORM pg_advisory_unlock(7301); RETURN NEW; END $$"
     )
+    holder = psycopg.connect(db_url, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(7301)")
     db.execute(
         "CREATE TRIGGER slow_ledger BEFORE INSERT ON worker.deliveries FOR EACH ROW"
         " WHEN (NEW.provider_message_id IS NOT NULL AND NEW.recipient_role = 'client')"
@@ -353,6 +355,7 @@ async def test_a_status_callback_that_beats_its_ledger_row_is_applied_when_the_r
                 assert (await post_signed(live, STATUS, params)).status_code == 204
             # The client's callbacks did come first.
             assert ledger(db, sids[CLIENT]) is None
+            holder.close()  # the ledger rows may be written now
             assert await wait_finished(db, 1) == {"done": 1}
             await async_wait_until(
                 lambda: ledger(db, sids[CLIENT]) == ("read", None), timeout=10,

@@ -1,0 +1,64 @@
+"""What stands between the sending code and a provider's API: its quota, its circuit, and shutdown.
+
+One `ProviderGuard` wraps each provider transport (Twilio, Resend; the console, null and in-app
+transports need none), and every request passes its three checks, in this order:
+
+1. the circuit (`handlers/circuit.py`): while the provider is failing, fail at once;
+2. the quota (`RateLimiter`): wait for the account's rate;
+3. the shutdown gate: once the worker is stopping, no new request starts. A request already
+   under way finishes (within PROVIDER_TIMEOUT_SECONDS, inside the shutdown grace), so its
+   answer, and so its ledger record, is never lost to a cancellation: a deploy sends nothing
+   twice. A message stopped here is retried by the next worker, its attempt not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from handlers.circuit import CircuitBreaker
+from handlers.contract import PermanentDeliveryError, TransientDeliveryError
+from handlers.delivery import Message, Sent, Transport
+from handlers.provider_http import RateLimiter
+
+
+class ProviderGuard:
+    """A provider transport behind its circuit, its quota and the shutdown gate."""
+
+    def __init__(self, inner: Transport, breaker: CircuitBreaker, limiter: RateLimiter) -> None:
+        self.inner = inner
+        self.breaker = breaker
+        self.limiter = limiter
+        self.name = inner.name
+        self._stopping = asyncio.Event()
+
+    def stop_sending(self) -> None:
+        """Start no new request from now on (the worker is shutting down); requests waiting
+        for their turn in the quota stop waiting."""
+        self._stopping.set()
+
+    async def send(self, message: Message) -> Sent:
+        self._refuse_if_stopping()
+        await self.breaker.before_request()
+        await self.limiter.acquire(self._stopping)
+        self._refuse_if_stopping()
+        try:
+            sent = await self.inner.send(message)
+        except TransientDeliveryError as exc:
+            if not exc.throttled:
+                self.breaker.failed()
+            raise
+        except PermanentDeliveryError:
+            self.breaker.succeeded()  # the provider answered: it is up, the message is the problem
+            raise
+        self.breaker.succeeded()
+        return sent
+
+    def _refuse_if_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise TransientDeliveryError(
+                f"{self.name}: not sent, the worker is stopping", code="shutdown", retry_after=0,
+                throttled=True,
+            )
+
+    async def close(self) -> None:
+        await self.inner.close()
