@@ -6,9 +6,11 @@ a Docker engine answers (probed in milliseconds); the embedded `pgserver` server
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,7 +86,11 @@ class PrivateServer:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.conninfo = start_embedded_server(data_dir)
+        # Two embedded servers started at once by two xdist workers collide in pgserver's set-up
+        # (pg_ctl start exits 1 for one of them): one start at a time, across processes.
+        with open(Path(tempfile.gettempdir()) / "flavor-worker-private-server.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.conninfo = start_embedded_server(data_dir)
 
     def _pg_ctl(self, *args: str) -> None:
         command = [str(embedded_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-w", *args]
