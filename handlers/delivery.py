@@ -204,7 +204,7 @@ class DeliveryScope:
             return self._target(route, address, "Admin", None)
         if route.role in ("client", "performer"):
             person: Person | None = getattr(ctx, route.role)
-            if person is None:
+            if person is None or person.missing:
                 return self._refused(route, route.role, "missing_recipient", f"no {route.role}")
             fallback = f"{route.role}:{person.id}"
             if route.channel == "in_app":
