@@ -30,7 +30,7 @@ from handlers.contract import DeliveryRecord, PermanentDeliveryError, TransientD
 from handlers.models import MessageContext, Person
 from handlers.phones import to_e164
 from handlers.rendering import Rendered, Templates
-from handlers.routing import ROUTES, Channel, Route, routes_for
+from handlers.routing import ROUTES, URGENT_KINDS, Channel, Route, routes_for
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -57,6 +57,8 @@ class Message:
     #: Extra columns for in-app rows (recipient_type, recipient_id, booking_id, type).
     meta: dict[str, Any] | None = None
     idempotency_key: str = ""
+    #: Someone is waiting for it (routing.URGENT_KINDS): first in the providers' rate limits.
+    urgent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,11 +287,14 @@ class DeliveryScope:
         Recipients who must not get one (opted out, no or bad address) are recorded here.
         """
         shared = ctx.template_vars()  # once per call, not once per recipient
+        urgent = kind in URGENT_KINDS
         messages = []
         for route in ROUTES.get(kind, ()) if channel is None else routes_for(kind, channel):
             target = self.resolve(route, ctx)
             if target is not None:
-                messages.append(self._message(route, ctx, target, shared))
+                message = self._message(route, ctx, target, shared)
+                message.urgent = urgent
+                messages.append(message)
         return Outgoing(self, messages)
 
     def skip(self, kind: str, ctx: MessageContext, code: str, reason: str) -> list[DeliveryRecord]:

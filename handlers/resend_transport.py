@@ -1,6 +1,6 @@
 """Email through the official resend SDK (async), imported only when Resend is configured.
 
-The transport holds ONE persistent aiohttp session for the SDK, a client-side rate limit, sends
+The transport holds ONE persistent aiohttp session for the SDK, the shared rate limit, sends
 an Idempotency-Key with every email, and maps Resend's answers to our error types at the edge.
 """
 
@@ -18,7 +18,8 @@ from resend.http_client_async import AsyncHTTPClient
 from core.metrics import METRICS
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent
-from handlers.provider_http import RateLimiter, loop_running, provider_connection_limit, retry_after_seconds
+from handlers.provider_http import loop_running, provider_connection_limit, retry_after_seconds
+from handlers.rate_limit import SharedRateLimiter
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -76,9 +77,9 @@ class ResendEmail:
 
     name = "resend"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, limiter: SharedRateLimiter) -> None:
         self.settings = settings
-        self.limiter = RateLimiter(settings.resend_rate_per_second)
+        self.limiter = limiter
         self.http = _PooledResendClient(
             settings.provider_timeout_seconds, provider_connection_limit(settings)
         )
@@ -97,7 +98,7 @@ class ResendEmail:
         }
         if message.reply_to:
             params["reply_to"] = message.reply_to
-        await self.limiter.acquire()
+        await self.limiter.acquire(urgent=message.urgent)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.provider_timeout_seconds):

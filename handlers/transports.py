@@ -3,7 +3,8 @@ of transport per channel.
 
 The provider transports live in `twilio_transport` and `resend_transport` and are imported only
 when their credentials are set: a worker without Twilio does not carry the twilio SDK's ~100
-modules. Both hold ONE long-lived HTTP client, a client-side rate limit, and map the provider's
+modules. Both hold ONE long-lived HTTP client, a rate limit shared with every other worker
+through the database (`rate_limit`), and map the provider's
 errors to `PermanentDeliveryError` / `TransientDeliveryError` at their edge.
 """
 
@@ -17,6 +18,7 @@ import structlog
 
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent, Transport
+from handlers.rate_limit import SharedRateLimiter
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -116,20 +118,22 @@ def build_transports(settings: Settings, pool: AsyncConnectionPool, insert_sql: 
     in_app = InAppNotifications(pool, insert_sql)
     if settings.message_transport == "null":
         return {"whatsapp": NullTransport(), "email": NullTransport(), "in_app": in_app}
-    return {"whatsapp": _whatsapp(settings), "email": _email(settings), "in_app": in_app}
+    return {"whatsapp": _whatsapp(settings, pool), "email": _email(settings, pool), "in_app": in_app}
 
 
-def _whatsapp(settings: Settings) -> Transport:
+def _whatsapp(settings: Settings, pool: AsyncConnectionPool) -> Transport:
     if settings.message_transport == "auto" and settings.twilio_configured:
         from handlers.twilio_transport import TwilioWhatsApp
 
-        return TwilioWhatsApp(settings)
+        rate = settings.twilio_rate_per_second
+        return TwilioWhatsApp(settings, SharedRateLimiter(pool, "twilio", rate, settings))
     return ConsoleTransport("whatsapp")
 
 
-def _email(settings: Settings) -> Transport:
+def _email(settings: Settings, pool: AsyncConnectionPool) -> Transport:
     if settings.message_transport == "auto" and settings.resend_configured:
         from handlers.resend_transport import ResendEmail
 
-        return ResendEmail(settings)
+        rate = settings.resend_rate_per_second
+        return ResendEmail(settings, SharedRateLimiter(pool, "resend", rate, settings))
     return ConsoleTransport("email")

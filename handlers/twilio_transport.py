@@ -1,6 +1,6 @@
 """WhatsApp through the official twilio SDK (async), imported only when Twilio is configured.
 
-The transport holds ONE long-lived SDK `Client` on one aiohttp session, a client-side rate
+The transport holds ONE long-lived SDK `Client` on one aiohttp session, the shared rate
 limit, and maps Twilio's answers to Permanent/TransientDeliveryError right here at the edge.
 
 Messages are created with the SDK's own request path (`Client.request_async`: its
@@ -25,7 +25,8 @@ from twilio.rest import Client as TwilioClient
 from core.metrics import METRICS
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent
-from handlers.provider_http import RateLimiter, loop_running, provider_connection_limit, retry_after_seconds
+from handlers.provider_http import loop_running, provider_connection_limit, retry_after_seconds
+from handlers.rate_limit import SharedRateLimiter
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -82,10 +83,10 @@ class TwilioWhatsApp:
 
     name = "twilio"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, limiter: SharedRateLimiter) -> None:
         self.settings = settings
         self.sender = "whatsapp:" + str(settings.twilio_whatsapp_number).removeprefix("whatsapp:")
-        self.limiter = RateLimiter(settings.twilio_rate_per_second)
+        self.limiter = limiter
         base = (settings.twilio_api_base_url or TWILIO_API).rstrip("/")
         self.messages_url = f"{base}/2010-04-01/Accounts/{settings.twilio_account_sid}/Messages.json"
         self._client: TwilioClient | None = None
@@ -111,7 +112,7 @@ class TwilioWhatsApp:
         if self.settings.twilio_status_callback_url:
             form["StatusCallback"] = self.settings.twilio_status_callback_url
         client = self._twilio()
-        await self.limiter.acquire()
+        await self.limiter.acquire(urgent=message.urgent)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.provider_timeout_seconds):
