@@ -5,15 +5,18 @@ account, however many worker processes send. Each provider has one clock row; a 
 next free slot on it with ONE statement (`take_rate_slot`) and sleeps until its slot.
 
 * **Spacing** (GCRA without burst): slots are `(1 + SPACING_MARGIN) / rate` apart, a little more
-  than `1 / rate`, so that rate + 1 consecutive requests span more than one second even when the
-  scheduling and network delays between our clock and the provider's push some of them together.
+  than `1 / rate`, so that rate + 1 consecutive requests span one second plus SPACING_MARGIN
+  seconds: one request may reach the provider that much later than the next one's and still
+  not crowd it into the same second. A request that wakes up later than that past its slot
+  (a busy event loop) does not use it: it books another.
 * **Urgent first**: an urgent request (an OTP email: someone is waiting at a login screen) may
   book up to RATE_LIMIT_URGENT_MAX_WAIT_SECONDS ahead. Bulk requests may only book the next slot
   (at most `BULK_LEAD_SECONDS` ahead, or one interval if longer), and one process's bulk
   requests take turns to book (one of them asks the database at a time), so the clock is never
   booked far ahead with bulk: whatever the bulk backlog, an urgent request finds at most that
   lead and one interval in front of it. Under a strict per-second quota it cannot do better: a
-  slot already promised to a bulk request cannot be given away.
+  slot already promised to a bulk request cannot be given away. (A bulk request first tries to
+  book at once, concurrently: only when the clock is full does it join the turns.)
 * **Throttled, not stuck**: a bulk request that cannot book within RATE_LIMIT_MAX_WAIT_SECONDS
   raises `TransientDeliveryError(code="throttled")` instead of holding its event's slot; the
   event is retried later, and what was already sent for it is in the ledger. Its `retry_after`
@@ -39,7 +42,11 @@ if TYPE_CHECKING:
 
 TAKE_SLOT = load_queries(Path(__file__).with_name("queries.sql"))["take_rate_slot"]
 #: Extra spacing between slots, as a share of the nominal interval (see the module docstring).
-SPACING_MARGIN = 0.05
+SPACING_MARGIN = 0.1
+#: A request that wakes up this much later than its slot books another one instead.
+LATE_TOLERANCE_SECONDS = SPACING_MARGIN / 2
+#: Slots a request may miss that way before its event is retried later instead.
+MAX_MISSED_SLOTS = 3
 #: How far ahead bulk requests may book at least: room for the next booker's wake-up and round
 #: trip, so the provider is kept busy at its rate.
 BULK_LEAD_SECONDS = 0.25
@@ -60,16 +67,25 @@ class SharedRateLimiter:
 
     async def acquire(self, *, urgent: bool = False) -> None:
         """Return at this request's slot, or raise `TransientDeliveryError(code="throttled")`."""
-        if urgent:
-            wait, backlog = await self._book(self.urgent_horizon)
-        else:
-            wait, backlog = await self._bulk_slot()
-        if wait is None:
-            raise TransientDeliveryError(
-                f"{self.provider}: throttled by the shared rate limit", retry_after=backlog, code="throttled"
-            )
-        if wait > 0:
+        loop = asyncio.get_running_loop()
+        for _ in range(MAX_MISSED_SLOTS):
+            if urgent:
+                wait, backlog = await self._book(self.urgent_horizon)
+            else:
+                wait, backlog = await self._book(self.bulk_horizon)
+                if wait is None:
+                    wait, backlog = await self._bulk_slot()
+            if wait is None:
+                break
+            slot = loop.time() + wait
             await asyncio.sleep(wait)
+            if loop.time() - slot <= LATE_TOLERANCE_SECONDS:
+                return
+        raise TransientDeliveryError(
+            f"{self.provider}: throttled by the shared rate limit",
+            retry_after=max(backlog, self.interval),
+            code="throttled",
+        )
 
     async def _bulk_slot(self) -> tuple[float | None, float]:
         """Take this process's bulk turn and book a slot within RATE_LIMIT_MAX_WAIT_SECONDS;

@@ -563,7 +563,7 @@ async def test_a_slow_provider_receives_more_concurrent_messages_than_aiohttps_d
     fake.set_latency(0.6, provider)  # type: ignore[arg-type]
     settings = provider_settings(db_url, fake, worker_concurrency=40)
     assert provider_connection_limit(settings) > 120
-    pool = create_pool(db_url, 2)
+    pool = create_pool(db_url, settings.db_pool_max_size)  # each message books its slot on it
     await pool.open()
     limiter = SharedRateLimiter(pool, provider, 100_000, settings)  # no spacing to speak of
     transport = TwilioWhatsApp(settings, limiter) if provider == "twilio" else ResendEmail(settings, limiter)

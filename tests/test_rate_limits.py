@@ -55,7 +55,7 @@ def test_four_workers_together_never_exceed_the_email_rate_and_whatsapp_keeps_it
     with FakeProviders() as fake:
         workers = start_workers(spawn_worker, db_url, fake, 4)
         add_bookings(db, 40)
-        wait_until(lambda: status_counts(db) == {"done": 40}, timeout=60, message="40 bookings done")
+        wait_until(lambda: status_counts(db) == {"done": 40}, timeout=60, interval=0.1, message="all done")
         emails = sorted(r.time for r in fake.received("resend"))
         whatsapp = sorted(r.time for r in fake.received("twilio"))
         assert not fake.received("resend", ok_only=False)[len(emails):]  # never a 4xx/5xx
