@@ -145,6 +145,10 @@ class Settings:
     resend_api_url: str | None = None
     resend_rate_per_second: PositiveFloat = 2.0
     provider_timeout_seconds: PositiveFloat = 10.0
+    #: Longest a message waits for its slot under a provider's shared rate limit before its event
+    #: is retried later instead (freeing its slot); urgent messages (OTP emails) may wait longer.
+    rate_limit_max_wait_seconds: PositiveFloat = 1.0
+    rate_limit_urgent_max_wait_seconds: PositiveFloat = 5.0
     #: auto: Twilio/Resend when their credentials are set, else the console (logged, `simulated`);
     #: console: always the console; null: accept and drop (`simulated`), for benchmarks.
     message_transport: Literal["auto", "console", "null"] = "auto"

@@ -38,7 +38,7 @@ from handlers.contract import (
 from handlers.models import MessageContext, Person
 from handlers.phones import to_e164
 from handlers.rendering import Rendered, Templates
-from handlers.routing import ROUTES, Channel, Route, routes_for
+from handlers.routing import ROUTES, URGENT_KINDS, Channel, Route, routes_for
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -68,6 +68,8 @@ class Message:
     #: Extra columns for in-app rows (recipient_type, recipient_id, booking_id, type).
     meta: dict[str, Any] | None = None
     idempotency_key: str = ""
+    #: Someone is waiting for it (routing.URGENT_KINDS): first in the providers' rate limits.
+    urgent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +225,7 @@ class DeliveryScope:
             return self._target(route, address, "Admin", None)
         if route.role in ("client", "performer"):
             person: Person | None = getattr(ctx, route.role)
-            if person is None:
+            if person is None or person.missing:
                 return self._refused(route, route.role, "missing_recipient", f"no {route.role}")
             fallback = f"{route.role}:{person.id}"
             if route.channel == "in_app":
@@ -307,6 +309,7 @@ class DeliveryScope:
         WhatsApp messages are rendered from `ctx.for_whatsapp()`: long values cut to fit Twilio.
         """
         views: dict[bool, tuple[MessageContext, dict[str, Any]]] = {}
+        urgent = kind in URGENT_KINDS
         messages = []
         for route in ROUTES.get(kind, ()) if channel is None else routes_for(kind, channel):
             whatsapp = route.channel == "whatsapp"
@@ -316,7 +319,9 @@ class DeliveryScope:
             view, shared = views[whatsapp]
             target = self.resolve(route, view)
             if target is not None:
-                messages.append(self._message(route, view, target, shared))
+                message = self._message(route, view, target, shared)
+                message.urgent = urgent
+                messages.append(message)
         return Outgoing(self, messages)
 
     def skip(self, kind: str, ctx: MessageContext, code: str, reason: str) -> list[DeliveryRecord]:

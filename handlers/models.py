@@ -58,6 +58,9 @@ class Person:
     phone: str | None
     whatsapp_opt_in: bool = True
     email_opt_in: bool = True
+    #: A stand-in for a party whose row is gone (`Person.missing_party`): named in the other
+    #: parties' messages, never sent to (its deliveries fail with `missing_recipient`).
+    missing: bool = False
 
     def __post_init__(self) -> None:
         _one_line_fields(self)
@@ -65,6 +68,13 @@ class Person:
     @property
     def first_name(self) -> str:
         return (self.full_name or self.name).split(" ", 1)[0]
+
+    @classmethod
+    def missing_party(cls, role: str) -> Person:
+        """Who a booking's `role` party is when its row cannot be found (deleted, or a schema
+        without the foreign key): the templates still render, e.g. "Client: (client record missing)"."""
+        return cls(id="", name=f"({role} record missing)", full_name=None, email=None, phone=None,
+                   whatsapp_opt_in=False, email_opt_in=False, missing=True)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ One `ProviderGuard` wraps each provider transport (Twilio, Resend; the console, 
 transports need none), and every request passes its three checks, in this order:
 
 1. the circuit (`handlers/circuit.py`): while the provider is failing, fail at once;
-2. the quota (`RateLimiter`): wait for the account's rate;
+2. the quota (`handlers/rate_limit.py`, shared by every worker): wait for the account's rate,
+   at most a second or so, or be thrown back to retry later;
 3. the shutdown gate: once the worker is stopping, no new request starts. A request already
    under way finishes (within PROVIDER_TIMEOUT_SECONDS, inside the shutdown grace), so its
    answer, and so its ledger record, is never lost to a cancellation: a deploy sends nothing
@@ -18,13 +19,13 @@ import asyncio
 from handlers.circuit import CircuitBreaker
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent, Transport
-from handlers.provider_http import RateLimiter
+from handlers.rate_limit import SharedRateLimiter
 
 
 class ProviderGuard:
     """A provider transport behind its circuit, its quota and the shutdown gate."""
 
-    def __init__(self, inner: Transport, breaker: CircuitBreaker, limiter: RateLimiter) -> None:
+    def __init__(self, inner: Transport, breaker: CircuitBreaker, limiter: SharedRateLimiter) -> None:
         self.inner = inner
         self.breaker = breaker
         self.limiter = limiter
@@ -32,14 +33,13 @@ class ProviderGuard:
         self._stopping = asyncio.Event()
 
     def stop_sending(self) -> None:
-        """Start no new request from now on (the worker is shutting down); requests waiting
-        for their turn in the quota stop waiting."""
+        """Start no new request from now on (the worker is shutting down)."""
         self._stopping.set()
 
     async def send(self, message: Message) -> Sent:
         self._refuse_if_stopping()
         await self.breaker.before_request()
-        await self.limiter.acquire(self._stopping)
+        await self.limiter.acquire(urgent=message.urgent)
         self._refuse_if_stopping()
         try:
             sent = await self.inner.send(message)

@@ -1,4 +1,4 @@
-"""What the two provider transports share: a client-side rate limit, Retry-After, connection bounds.
+"""What the two provider transports share: Retry-After, connection bounds, session creation.
 
 `twilio_transport` and `resend_transport` import this module, and `transports` (the factory that
 picks a transport per channel) imports them lazily; nothing here imports either, so there is no
@@ -8,8 +8,6 @@ circle.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -28,29 +26,6 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
             except ValueError:
                 return None
     return None
-
-
-class RateLimiter:
-    """Spaces requests to at most `rate` per second, allowing a burst of up to `rate` (GCRA)."""
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate
-        self.burst = max(1.0, rate) * self.interval
-        self._tat = 0.0  # theoretical arrival time of the next request
-
-    async def acquire(self, interrupt: asyncio.Event | None = None) -> None:
-        """Wait for this request's turn; returns early once `interrupt` is set (shutdown)."""
-        now = time.monotonic()
-        tat = max(self._tat, now)
-        self._tat = tat + self.interval
-        wait = tat + self.interval - self.burst - now
-        if wait <= 0:
-            return
-        if interrupt is None:
-            await asyncio.sleep(wait)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(interrupt.wait(), wait)
 
 
 def provider_connection_limit(settings: Settings) -> int:

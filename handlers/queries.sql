@@ -25,3 +25,19 @@ LEFT JOIN public.vetting_applications v ON v.id = i.application_id;
 INSERT INTO public.notifications (id, recipient_type, recipient_id, booking_id, type, title, message)
 VALUES (%(id)s, %(recipient_type)s, %(recipient_id)s, %(booking_id)s, %(type)s, %(title)s, %(message)s)
 ON CONFLICT (id) DO NOTHING;
+
+-- name: take_rate_slot
+-- Book the next free request slot on a provider's shared clock (slots `interval` seconds apart),
+-- unless the clock is already booked more than `horizon` seconds ahead. Returns (wait, backlog):
+-- seconds until the booked slot (NULL when not booked) and how far ahead the clock was booked.
+WITH booked AS (
+    INSERT INTO worker.rate_limits AS r (provider, tat)
+    VALUES (%(provider)s, now() + make_interval(secs => %(interval)s))
+    ON CONFLICT (provider) DO UPDATE
+    SET tat = greatest(r.tat, now()) + make_interval(secs => %(interval)s)
+    WHERE r.tat <= now() + make_interval(secs => %(horizon)s)
+    RETURNING r.tat
+)
+SELECT (SELECT extract(epoch FROM tat - now())::float8 - %(interval)s FROM booked),
+       coalesce((SELECT extract(epoch FROM tat - now())::float8
+                 FROM worker.rate_limits WHERE provider = %(provider)s), 0)

@@ -1,6 +1,6 @@
 """Email through the official resend SDK (async), imported only when Resend is configured.
 
-The transport holds ONE persistent aiohttp session for the SDK, a client-side rate limit, sends
+The transport holds ONE persistent aiohttp session for the SDK, the shared rate limit, sends
 an Idempotency-Key with every email, and maps Resend's answers to our error types at the edge.
 """
 

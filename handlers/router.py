@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import structlog
 
 from core.queries import load_queries
@@ -74,11 +75,17 @@ class EventData:
     application: Application | None
     #: "<channel> <recipient>" of every ledger row this event already has.
     ledger: frozenset[str]
+    #: Why this event's rows cannot be used (see `_load`); the event then fails on its own.
+    unreadable: str | None = None
 
     def parties(self) -> tuple[Booking, Person, Person]:
-        if self.booking is None or self.client is None or self.performer is None:
-            raise PermanentDeliveryError("booking (or its client/performer) not found", code="not_found")
-        return self.booking, self.client, self.performer
+        """The booking and its two parties. A party whose row is gone is a stand-in
+        (`Person.missing_party`): only the deliveries addressed to it fail (`missing_recipient`),
+        so the admin and the other party are still told."""
+        if self.booking is None:
+            raise PermanentDeliveryError("booking not found", code="not_found")
+        client = self.client or Person.missing_party("client")
+        return self.booking, client, self.performer or Person.missing_party("performer")
 
 
 Sender = Callable[[Event, EventData], Awaitable[Any]]
@@ -110,20 +117,12 @@ class NotificationRouter:
         )
 
     async def prepare(self, events: Sequence[Event]) -> dict[int, EventData]:
-        """One query for the whole batch (never one per event)."""
+        """One query for the whole batch (never one per event) while its rows can be read."""
         routed = [event for event in events if event.kind in SENDERS]
         if not routed:
             return {}
-        params = {
-            "event_ids": [event.id for event in routed],
-            "booking_ids": [_uuid(event.payload.get("booking_id")) for event in routed],
-            "otp_ids": [_uuid(event.payload.get("otp_id")) for event in routed],
-            "application_ids": [_uuid(event.payload.get("application_id")) for event in routed],
-        }
         async with self.pool.connection() as conn:
-            cur = await conn.execute(QUERIES["load_event_context"], params, prepare=True)
-            rows = await cur.fetchall()
-        return {row[0]: _event_data(row) for row in rows}
+            return await _load(conn, routed)
 
     async def handle(self, event: Event, context: dict[int, EventData], record: RecordDelivery) -> Outcome:
         return await handle_event(self.dispatcher, event, context.get(event.id) or NO_DATA, record)
@@ -150,6 +149,9 @@ async def handle_event(
     Each message's record goes to `record` as soon as it is made, so what was sent before a
     failure (or before the process stops) is in the ledger, and a retry does not send it twice.
     """
+    if data.unreadable is not None:  # isolated by prepare(); the same row reads the same way again
+        reason = f"unreadable_row: {data.unreadable}"
+        return Outcome(error=PermanentDeliveryError(reason, code="unreadable_row"))
     sender = SENDERS.get(event.kind)
     if sender is None:
         if event.kind in SILENT_KINDS:
@@ -291,10 +293,44 @@ def _uuid(value: Any) -> str | None:
         return None
 
 
+async def _load(conn: psycopg.AsyncConnection[Any], events: Sequence[Event]) -> dict[int, EventData]:
+    """The events' rows in one query.
+
+    A value PostgreSQL stores but psycopg cannot load (a timestamp of 'infinity' or past year
+    9999) fails the whole fetch without saying whose row it was. The events are then halved until
+    the row is alone: one bad row costs about 2·log2(batch) small queries, fails only its own
+    event, and its neighbours start at once instead of being retried with it.
+    """
+    params = {
+        "event_ids": [event.id for event in events],
+        "booking_ids": [_uuid(event.payload.get("booking_id")) for event in events],
+        "otp_ids": [_uuid(event.payload.get("otp_id")) for event in events],
+        "application_ids": [_uuid(event.payload.get("application_id")) for event in events],
+    }
+    try:
+        cur = await conn.execute(QUERIES["load_event_context"], params, prepare=True)
+        rows = await cur.fetchall()
+    except psycopg.DataError as exc:
+        if len(events) == 1:
+            return {events[0].id: replace(NO_DATA, unreadable=str(exc).splitlines()[0])}
+        half = len(events) // 2
+        return await _load(conn, events[:half]) | await _load(conn, events[half:])
+    return {row[0]: _event_data(row) for row in rows}
+
+
+#: Booking columns no message can do without (NOT NULL in the reference schema, not in every app's).
+_REQUIRED_BOOKING_COLUMNS = ("event_start", "total_amount", "deposit_amount", "amount_paid")
+
+
 def _event_data(row: tuple[Any, ...]) -> EventData:
     booking = Booking(*row[1:13]) if row[1] is not None else None
     client = Person(*row[13:20]) if row[13] is not None else None
     performer = Person(*row[20:27]) if row[20] is not None else None
     otp = OtpCode(*row[27:34]) if row[27] is not None else None
     application = Application(*row[34:41]) if row[34] is not None else None
-    return EventData(booking, client, performer, otp, application, frozenset(row[41]))
+    data = EventData(booking, client, performer, otp, application, frozenset(row[41]))
+    if booking is not None:
+        null = next((name for name in _REQUIRED_BOOKING_COLUMNS if getattr(booking, name) is None), None)
+        if null is not None:
+            return replace(data, unreadable=f"bookings.{null} is null")
+    return data

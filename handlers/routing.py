@@ -83,6 +83,11 @@ ROUTES: dict[str, tuple[Route, ...]] = {
 }
 
 
+#: Kinds someone is waiting for right now (at a login screen): their messages go before bulk
+#: ones in the providers' shared rate limits (handlers/rate_limit.py).
+URGENT_KINDS = frozenset({"otp.created"})
+
+
 @lru_cache(maxsize=128)
 def routes_for(kind: str, channel: Channel) -> tuple[Route, ...]:
     """The routes of one event kind on one channel, in table order (the table is constant)."""

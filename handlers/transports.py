@@ -3,7 +3,8 @@ of transport per channel.
 
 The provider transports live in `twilio_transport` and `resend_transport` and are imported only
 when their credentials are set: a worker without Twilio does not carry the twilio SDK's ~100
-modules. Both hold ONE long-lived HTTP client, a client-side rate limit, and map the provider's
+modules. Both hold ONE long-lived HTTP client, a rate limit shared with every other worker
+through the database (`rate_limit`), and map the provider's
 errors to `PermanentDeliveryError` / `TransientDeliveryError` at their edge.
 """
 
@@ -20,7 +21,7 @@ from handlers.circuit import CircuitBreaker
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent, Transport
 from handlers.provider_guard import ProviderGuard
-from handlers.provider_http import RateLimiter
+from handlers.rate_limit import SharedRateLimiter
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -120,26 +121,28 @@ def build_transports(settings: Settings, pool: AsyncConnectionPool, insert_sql: 
     in_app = InAppNotifications(pool, insert_sql)
     if settings.message_transport == "null":
         return {"whatsapp": NullTransport(), "email": NullTransport(), "in_app": in_app}
-    return {"whatsapp": _whatsapp(settings), "email": _email(settings), "in_app": in_app}
+    return {"whatsapp": _whatsapp(settings, pool), "email": _email(settings, pool), "in_app": in_app}
 
 
-def _whatsapp(settings: Settings) -> Transport:
+def _whatsapp(settings: Settings, pool: AsyncConnectionPool) -> Transport:
     if settings.message_transport == "auto" and settings.twilio_configured:
         from handlers.twilio_transport import TwilioWhatsApp
 
-        return _guarded(TwilioWhatsApp(settings), settings.twilio_rate_per_second, settings)
+        limiter = SharedRateLimiter(pool, "twilio", settings.twilio_rate_per_second, settings)
+        return _guarded(TwilioWhatsApp(settings), limiter, settings)
     return ConsoleTransport("whatsapp")
 
 
-def _email(settings: Settings) -> Transport:
+def _email(settings: Settings, pool: AsyncConnectionPool) -> Transport:
     if settings.message_transport == "auto" and settings.resend_configured:
         from handlers.resend_transport import ResendEmail
 
-        return _guarded(ResendEmail(settings), settings.resend_rate_per_second, settings)
+        limiter = SharedRateLimiter(pool, "resend", settings.resend_rate_per_second, settings)
+        return _guarded(ResendEmail(settings), limiter, settings)
     return ConsoleTransport("email")
 
 
-def _guarded(transport: Transport, rate_per_second: float, settings: Settings) -> ProviderGuard:
+def _guarded(transport: Transport, limiter: SharedRateLimiter, settings: Settings) -> ProviderGuard:
     breaker = CircuitBreaker(
         transport.name,
         failure_threshold=settings.circuit_failure_threshold,
@@ -147,7 +150,7 @@ def _guarded(transport: Transport, rate_per_second: float, settings: Settings) -
         max_open_seconds=settings.circuit_max_open_seconds,
         probe_wait=settings.provider_timeout_seconds,
     )
-    return ProviderGuard(transport, breaker, RateLimiter(rate_per_second))
+    return ProviderGuard(transport, breaker, limiter)
 
 
 def provider_guards(transports: Mapping[str, Transport]) -> list[ProviderGuard]:

@@ -1,6 +1,6 @@
 """WhatsApp through the official twilio SDK (async), imported only when Twilio is configured.
 
-The transport holds ONE long-lived SDK `Client` on one aiohttp session, a client-side rate
+The transport holds ONE long-lived SDK `Client` on one aiohttp session, the shared rate
 limit, and maps Twilio's answers to Permanent/TransientDeliveryError right here at the edge.
 
 Messages are created with the SDK's own request path (`Client.request_async`: its

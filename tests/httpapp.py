@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ class LiveSurface:
 
 @contextlib.asynccontextmanager
 async def live_surface(
-    db_url: str, *, with_scheduler: bool = False, **overrides: Any
+    db_url: str, *, with_scheduler: bool = False, circuits: Sequence[Any] = (), **overrides: Any
 ) -> AsyncIterator[LiveSurface]:
     """The app over a pool and a LISTEN stream of `db_url`; the stream is connected on entry.
 
@@ -43,7 +43,7 @@ async def live_surface(
     scheduler = JobScheduler(pool, settings) if with_scheduler else None
     stream = EventStream(db_url, asyncio.Event(), ping_seconds=0.5)
     listening = asyncio.create_task(stream.run())
-    surface = Surface(settings, pool, stream, scheduler)
+    surface = Surface(settings, pool, stream, scheduler, circuits)
     transport = httpx.ASGITransport(app=create_app(surface))
     try:
         await async_wait_until(_connected(stream), timeout=10, message="LISTEN connection up")

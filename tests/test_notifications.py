@@ -20,6 +20,7 @@ from core.logs import configure_logging
 from handlers.delivery import Message
 from handlers.email import send_email
 from handlers.provider_http import provider_connection_limit
+from handlers.rate_limit import SharedRateLimiter
 from handlers.resend_transport import ResendEmail
 from handlers.router import NotificationRouter
 from handlers.twilio_transport import TwilioWhatsApp
@@ -689,13 +690,16 @@ async def test_resend_validation_error_fails_that_email_and_the_rest_go_out(
 
 @pytest.mark.parametrize("provider", ["twilio", "resend"])
 async def test_a_slow_provider_receives_more_concurrent_messages_than_aiohttps_default_pool(
-    fake, provider: str
+    db_url: str, fake, provider: str
 ) -> None:
     """120 messages in flight (40 events' worth) reach a slow provider at once, not 100 then 20."""
-    fake.set_latency(0.6, provider)  # type: ignore[arg-type]
-    settings = provider_settings("postgresql://unused", fake, worker_concurrency=40)
+    fake.set_latency(1.5, provider)  # type: ignore[arg-type]
+    settings = provider_settings(db_url, fake, worker_concurrency=40)
     assert provider_connection_limit(settings) > 120
-    transport = TwilioWhatsApp(settings) if provider == "twilio" else ResendEmail(settings)
+    pool = create_pool(db_url, settings.db_pool_max_size)  # each message books its slot on it
+    await pool.open()
+    limiter = SharedRateLimiter(pool, provider, 100_000, settings)  # no spacing to speak of
+    transport = TwilioWhatsApp(settings, limiter) if provider == "twilio" else ResendEmail(settings, limiter)
     channel = "whatsapp" if provider == "twilio" else "email"
     recipients = [f"+614000{n:05d}" if channel == "whatsapp" else f"guest{n}@example.com" for n in range(120)]
     try:
@@ -707,9 +711,12 @@ async def test_a_slow_provider_receives_more_concurrent_messages_than_aiohttps_d
         )
     finally:
         await transport.close()
+        await pool.close()
     arrivals = [r.time for r in fake.received(provider)]  # type: ignore[arg-type]
     assert len(arrivals) == 120
-    assert max(arrivals) - min(arrivals) < 0.4  # none waited for an earlier answer to free a connection
+    # None waited for an earlier answer (1.5 s) to free a connection. Each booked its rate-limit
+    # slot first: one statement each on the pool, tens of ms for all of them on a loaded machine.
+    assert max(arrivals) - min(arrivals) < 1.2
 
 
 @pytest.fixture
@@ -777,13 +784,13 @@ async def test_send_email_puts_a_subject_on_one_line(direct_sends, fake) -> None
     assert request.body["subject"] == "Your receipt Bcc: evil@example.net"
 
 
-async def test_status_callback_url_and_client_side_rate_limit(db_url: str, fake) -> None:
+async def test_status_callback_url_and_rate_limit(db_url: str, fake) -> None:
     """TWILIO_STATUS_CALLBACK_URL goes with every message; TWILIO_RATE_PER_SECOND spaces a burst."""
     settings = provider_settings(
         db_url,
         fake,
         twilio_status_callback_url="https://worker.example/webhooks/twilio/status",
-        twilio_rate_per_second=20,
+        twilio_rate_per_second=60,
     )
     pool = create_pool(db_url, 2)
     await pool.open()
@@ -796,7 +803,7 @@ async def test_status_callback_url_and_client_side_rate_limit(db_url: str, fake)
     requests = fake.received("twilio")
     assert len(requests) == 30
     assert {r.body["StatusCallback"] for r in requests} == {"https://worker.example/webhooks/twilio/status"}
-    # A burst of 20 may go at once; the next 10 follow at 1/20 s intervals (0.5 s, less the
-    # first request's own connection set-up). Unlimited, all 30 arrive within a few ms.
+    # No burst: the 30 go at least 1/60 s apart (29 intervals, 0.48 s). Unlimited, all 30
+    # arrive within a few ms.
     arrivals = sorted(r.time for r in requests)
-    assert arrivals[-1] - arrivals[0] >= 0.4
+    assert arrivals[-1] - arrivals[0] >= 0.45
