@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 import psycopg
 import structlog
 
-from core.redaction import mask_email, mask_phone, mask_text
+from core.redaction import mask_text
 from handlers.circuit import CircuitBreaker, CircuitBreakingTransport
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
-from handlers.delivery import Message, Sent, Transport
+from handlers.delivery import Message, Sent, Transport, masked_recipient
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -79,8 +79,7 @@ BLOCK_WIDTH = 88
 def message_block(channel: str, message: Message, text: str) -> str:
     """A message as people read it: a header (channel, role, masked recipient, template), the
     email's subject, then the body on its own indented lines; every line masked like a log line."""
-    recipient = mask_email(message.recipient) if "@" in message.recipient else mask_phone(message.recipient)
-    header = f"── {channel} to {message.role or 'recipient'} {recipient}"
+    header = f"── {channel} to {message.role or 'recipient'} {masked_recipient(message.recipient)}"
     if message.template:
         header += f" · {message.template}"
     lines = [header]

@@ -27,8 +27,8 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 
 from core.queries import load_queries
-from core.redaction import mask_email, mask_phone
 from core.settings import Settings
+from handlers.delivery import masked_recipient
 from listener.daemon import run_daemon
 
 log = structlog.get_logger(__name__)
@@ -135,10 +135,8 @@ def psql_command(conninfo: str) -> str:
 
 
 def _shown(recipient: str) -> str:
-    """A ledger recipient as the table shows it: masked, or the role for in-app rows."""
-    if recipient.startswith(("client:", "performer:", "admin")):
-        return recipient.split(":", 1)[0]
-    return mask_email(recipient) if "@" in recipient else mask_phone(recipient)
+    """A ledger recipient as the table shows it: masked as in the logs, in-app rows by role only."""
+    return masked_recipient(recipient).split(":", 1)[0]
 
 
 def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
