@@ -10,6 +10,8 @@ errors to `PermanentDeliveryError` / `TransientDeliveryError` at their edge.
 
 from __future__ import annotations
 
+import sys
+import textwrap
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -17,9 +19,10 @@ from typing import TYPE_CHECKING
 import psycopg
 import structlog
 
+from core.redaction import mask_text
 from handlers.circuit import CircuitBreaker
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
-from handlers.delivery import Message, Sent, Transport
+from handlers.delivery import Message, Sent, Transport, masked_recipient
 from handlers.provider_guard import ProviderGuard
 from handlers.rate_limit import SharedRateLimiter
 
@@ -35,30 +38,61 @@ _IN_APP_NAMESPACE = uuid.UUID("6f1f4d8e-52a4-4c0e-9d55-3f0e7f3b7a10")
 
 
 class ConsoleTransport:
-    """No credentials: one masked structured log line per message; the ledger says `simulated`."""
+    """No credentials: each message is shown instead of sent; the ledger says `simulated`.
+
+    With JSON logs it is one masked `message.simulated` line, for machines. With console logs
+    (LOG_FORMAT=console, or the demo on a terminal) it is a block people read: the body on its
+    own lines as the recipient would see it, masked by the same rules as the logs.
+    """
 
     name = "console"
 
-    def __init__(self, channel: str) -> None:
+    def __init__(self, channel: str, readable: bool = False) -> None:
         self.channel = channel
+        self.readable = readable
 
     async def send(self, message: Message) -> Sent:
         text = message.text
         if message.secret:
             text = text.replace(message.secret, "******")
-        log.info(
-            "message.simulated",
-            channel=self.channel,
-            to=message.recipient,
-            template=message.template,
-            role=message.role,
-            subject=message.subject,
-            body=text,
-        )
+        if self.readable:
+            # Where the log lines go too (the console renderer's stream), in the same order.
+            sys.stdout.write(message_block(self.channel, message, text))
+            sys.stdout.flush()
+        else:
+            log.info(
+                "message.simulated",
+                channel=self.channel,
+                to=message.recipient,
+                template=message.template,
+                role=message.role,
+                subject=message.subject,
+                body=text,
+            )
         return Sent("simulated")
 
     async def close(self) -> None:
         return None
+
+
+#: Width the console blocks wrap their body lines to, so a paragraph stays readable in a terminal.
+BLOCK_WIDTH = 88
+
+
+def message_block(channel: str, message: Message, text: str) -> str:
+    """A message as people read it: a header (channel, role, masked recipient, template), the
+    email's subject, then the body on its own indented lines; every line masked like a log line."""
+    header = f"── {channel} to {message.role or 'recipient'} {masked_recipient(message.recipient)}"
+    if message.template:
+        header += f" · {message.template}"
+    lines = [header]
+    if message.subject is not None:
+        lines.append(f"   Subject: {mask_text(message.subject)}")
+    lines.append("")
+    for line in mask_text(text).splitlines():
+        wrapped = textwrap.wrap(line, BLOCK_WIDTH, break_long_words=False, break_on_hyphens=False)
+        lines.extend(f"   {part}".rstrip() for part in wrapped or [""])
+    return "\n".join(lines) + "\n\n"
 
 
 class NullTransport:
@@ -130,7 +164,7 @@ def _whatsapp(settings: Settings, pool: AsyncConnectionPool) -> Transport:
 
         limiter = SharedRateLimiter(pool, "twilio", settings.twilio_rate_per_second, settings)
         return _guarded(TwilioWhatsApp(settings), limiter, settings)
-    return ConsoleTransport("whatsapp")
+    return ConsoleTransport("whatsapp", readable=settings.log_format == "console")
 
 
 def _email(settings: Settings, pool: AsyncConnectionPool) -> Transport:
@@ -139,7 +173,7 @@ def _email(settings: Settings, pool: AsyncConnectionPool) -> Transport:
 
         limiter = SharedRateLimiter(pool, "resend", settings.resend_rate_per_second, settings)
         return _guarded(ResendEmail(settings), limiter, settings)
-    return ConsoleTransport("email")
+    return ConsoleTransport("email", readable=settings.log_format == "console")
 
 
 def _guarded(transport: Transport, limiter: SharedRateLimiter, settings: Settings) -> ProviderGuard:

@@ -156,10 +156,11 @@ def demo(app: AppContext, exit_when_done: bool, database_url: str | None) -> Non
     pointing at staging must not get sample rows, nor have its real messages simulated away.
     """
     from core.embedded import start_embedded_server
-    from listener.demo import run_demo
+    from listener.demo import demo_log_format, run_demo
     from listener.migrate import migrate as apply_migrations
 
-    configure_logging(app.settings.log_level, "console", secrets=app.settings.secret_values())
+    settings = app.settings
+    configure_logging(settings.log_level, demo_log_format(settings), secrets=settings.secret_values())
     if app.settings.database_url and not database_url:
         log.info("demo.embedded_database", note="DATABASE_URL is not used by the demo")
     conninfo = database_url or start_embedded_server(Path(app.settings.embedded_data_dir))

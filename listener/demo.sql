@@ -47,3 +47,9 @@ SELECT e.kind, d.channel, d.recipient_role, d.recipient, d.template, d.status, d
 FROM worker.deliveries d JOIN worker.events e ON e.id = d.event_id
 WHERE e.subject_id = ANY(%(subjects)s)
 ORDER BY e.id, d.id;
+
+-- name: demo_try_it
+-- The statement the demo offers to paste into psql: a new booking, written as the app writes it.
+INSERT INTO bookings (client_id, performer_id, event_type, event_start, venue, total_amount)
+SELECT c.id, p.id, 'Wedding', now() + interval '30 days', 'Town Hall, Sydney', 1500
+FROM clients c, performers p LIMIT 1;

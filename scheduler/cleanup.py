@@ -102,6 +102,19 @@ async def prune_delivery_callbacks(
     )
 
 
+async def prune_inbound_messages(
+    pool: AsyncConnectionPool, settings: Settings, now: datetime
+) -> dict[str, Any]:
+    """Delete the MessageSids of answered inbound WhatsApp messages older than WORKER_RETENTION_DAYS.
+
+    They are kept only so that Twilio's retries and replays are not applied twice.
+    """
+    cutoff = now - timedelta(days=settings.worker_retention_days)
+    return await _delete_in_batches(
+        pool, settings, "inboundMessages", "prune_inbound_messages", {"cutoff": cutoff}
+    )
+
+
 async def _counted_in_batches(
     pool: AsyncConnectionPool,
     settings: Settings,
@@ -135,7 +148,8 @@ async def _delete_in_batches(
 async def run_all_cleanup_jobs(
     pool: AsyncConnectionPool, settings: Settings, now: datetime
 ) -> dict[str, Any]:
-    """Every cleanup step in sequence; the platform's keys plus `workerEvents` and `deliveryCallbacks`."""
+    """Every cleanup step in sequence; the platform's keys plus the worker's own tables
+    (`workerEvents`, `deliveryCallbacks`, `inboundMessages`)."""
     return {
         "staleBookings": await cleanup_stale_bookings(pool, settings, now),
         "notifications": await cleanup_old_notifications(pool, settings, now),
@@ -143,4 +157,5 @@ async def run_all_cleanup_jobs(
         "auditLogs": await cleanup_old_audit_logs(pool, settings, now),
         "workerEvents": await prune_worker_events(pool, settings, now),
         "deliveryCallbacks": await prune_delivery_callbacks(pool, settings, now),
+        "inboundMessages": await prune_inbound_messages(pool, settings, now),
     }

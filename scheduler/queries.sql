@@ -99,6 +99,15 @@ WITH doomed AS (
 )
 SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM applied) AS applied;
 
+-- name: prune_inbound_messages
+-- Delete one batch of answered inbound messages received before %(cutoff)s (Twilio's retries are long over).
+DELETE FROM worker.inbound_messages
+WHERE message_sid IN (
+    SELECT message_sid FROM worker.inbound_messages
+    WHERE received_at < %(cutoff)s
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED);
+
 -- name: enqueue_booking_reminders
 -- Insert one batch of booking.reminder_due events for confirmed bookings starting in (now, until].
 WITH due AS (

@@ -14,6 +14,7 @@ from scheduler.cleanup import (
     cleanup_old_notifications,
     cleanup_stale_bookings,
     prune_delivery_callbacks,
+    prune_inbound_messages,
     prune_worker_events,
     stale_booking_reason,
 )
@@ -181,6 +182,23 @@ async def test_stored_status_callbacks_are_applied_then_pruned(db: psycopg.Conne
     assert remaining == [("SMsoon",)]
 
 
+async def test_answered_inbound_messages_are_pruned_after_the_retention(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    for message_sid, age in (("SMold", timedelta(days=15)), ("SMrecent", timedelta(days=1))):
+        db.execute(
+            "INSERT INTO worker.inbound_messages (message_sid, action, reply, received_at)"
+            " VALUES (%s, 'help', 'Flavor Entertainers commands', %s)",
+            (message_sid, NOW - age),
+        )
+
+    async with open_pool(db_url) as pool:
+        result = await prune_inbound_messages(pool, job_settings(db_url), NOW)
+
+    assert result == {"deleted": 1, "errors": [], "batches": 1}
+    assert db.execute("SELECT message_sid FROM worker.inbound_messages").fetchall() == [("SMrecent",)]
+
+
 async def test_deletes_proceed_in_bounded_batches(db: psycopg.Connection, db_url: str) -> None:
     for _ in range(10):
         add_notification(db, age=timedelta(days=40), read=True)
@@ -215,6 +233,7 @@ async def test_run_job_now_cleanup_prints_the_cron_summary_and_records_the_run(
         "auditLogs": (1, []),
         "workerEvents": (0, []),
         "deliveryCallbacks": (0, []),
+        "inboundMessages": (0, []),
     }
     [run] = job_runs(db)
     assert (run["job"], run["trigger"], run["status"]) == ("cleanup", "manual", "succeeded")
@@ -246,6 +265,7 @@ async def test_one_failing_step_does_not_stop_the_others(db: psycopg.Connection,
         ("delete_expired_otps", "otp_codes_expires_idx"),
         ("delete_old_audit_logs", "audit_logs_created_idx"),
         ("prune_finished_events", "events_finished_idx"),
+        ("prune_inbound_messages", "inbound_messages_received_idx"),
         ("enqueue_booking_reminders", "bookings_confirmed_start_idx"),
         ("enqueue_payment_reminders", "bookings_deposit_paid_start_idx"),
     ],

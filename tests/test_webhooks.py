@@ -5,6 +5,8 @@ Requests are signed with the twilio SDK's own `RequestValidator`, as Twilio sign
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import socket
 from typing import Any
 
@@ -40,9 +42,13 @@ async def post_signed(
     return await live.client.post(path, data=params, headers={"X-Twilio-Signature": signature})
 
 
-def inbound(sender: str, body: str) -> dict[str, str]:
+#: Twilio gives every inbound message its own MessageSid; so do these tests.
+_INBOUND_SIDS = itertools.count(1)
+
+
+def inbound(sender: str, body: str, message_sid: str | None = None) -> dict[str, str]:
     return {
-        "MessageSid": "SMinbound0001",
+        "MessageSid": message_sid or f"SMinbound{next(_INBOUND_SIDS):04d}",
         "AccountSid": "ACtest",
         "From": sender,
         "To": "whatsapp:+14155238886",
@@ -232,6 +238,54 @@ async def test_decline_records_the_refusal_and_alerts_the_admin(
         " JOIN worker.events e ON e.id = d.event_id WHERE e.kind = 'booking.declined_by_performer'"
     ).fetchall()
     assert row == (ADMIN, "booking_declined_admin", "sent")
+
+
+async def test_a_replayed_decline_is_applied_once_and_answered_the_same(
+    db: psycopg.Connection, db_url: str, booking: dict[str, Any]
+) -> None:
+    """Twilio retries a webhook it got no answer to, and a signed request can be replayed: the
+    same MessageSid, twice at once and three times after, is one refusal and one admin alert."""
+    params = inbound(PERFORMER, f"DECLINE {booking['reference']}", message_sid="SMreplayed0001")
+    async with live_surface(db_url, twilio_auth_token=TOKEN) as live:
+        together = await asyncio.gather(*(post_signed(live, INBOUND, params) for _ in range(2)))
+        after = [await post_signed(live, INBOUND, params) for _ in range(3)]
+    replies = {reply_text(response) for response in [*together, *after]}
+    assert len(replies) == 1 and f"declined {booking['reference']}" in replies.pop()
+    assert [row[0] for row in audit_rows(db)] == ["whatsapp.booking_declined"]
+    assert db.execute("SELECT count(*) FROM notifications").fetchone() == (1,)
+    declined = [e for e in events(db) if e["kind"] == "booking.declined_by_performer"]
+    assert len(declined) == 1
+    with FakeProviders() as fake:
+        async with running_router(provider_settings(db_url, fake, admin_whatsapp=ADMIN)):
+            await wait_finished(db, len(events(db)))
+    alerts = [r for r in fake.received("twilio") if "declined" in r.body["Body"]]
+    assert [r.body["To"] for r in alerts] == [f"whatsapp:{ADMIN}"]
+
+
+async def test_an_inbound_message_without_a_message_sid_is_refused(
+    db: psycopg.Connection, db_url: str, booking: dict[str, Any]
+) -> None:
+    params = inbound(PERFORMER, f"DECLINE {booking['reference']}")
+    del params["MessageSid"]
+    async with live_surface(db_url, twilio_auth_token=TOKEN) as live:
+        response = await post_signed(live, INBOUND, params)
+    assert response.status_code == 400
+    assert audit_rows(db) == []
+
+
+async def test_a_replayed_status_query_gets_the_first_answer(
+    db: psycopg.Connection, db_url: str, booking: dict[str, Any]
+) -> None:
+    """The stored reply is what a replay gets, even when the booking has moved on since."""
+    params = inbound(PERFORMER, f"STATUS {booking['reference']}")
+    async with live_surface(db_url, twilio_auth_token=TOKEN) as live:
+        first = reply_text(await post_signed(live, INBOUND, params))
+        db.execute("UPDATE bookings SET status = 'accepted' WHERE id = %s", (booking["id"],))
+        again = reply_text(await post_signed(live, INBOUND, params))
+        fresh = reply_text(await post_signed(live, INBOUND, inbound(PERFORMER, params["Body"])))
+    assert "deposit verified" in first
+    assert again == first
+    assert "accepted" in fresh
 
 
 async def test_status_and_help_answer_without_writing(

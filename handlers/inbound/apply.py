@@ -7,6 +7,12 @@ it records the refusal (audit row), leaves an in-app alert for the admins and em
 `booking.declined_by_performer` event for the router to send the admin a WhatsApp. `STATUS`
 and `HELP` only answer. Whatever is not the sender's to do (someone else's booking, an unknown number, an
 unknown command) writes nothing and gets a polite answer.
+
+Each Twilio message is applied once: Twilio retries a webhook it got no timely answer to, and a
+signed request can be posted again. Its MessageSid is claimed in `worker.inbound_messages` in the
+same transaction as the command's writes and its reply (sql/010_inbound_messages.sql), so a
+replay, even one arriving while the first is still being applied, writes nothing and gets the
+first reply.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -69,37 +75,55 @@ class SenderIdentity:
 
 @dataclass(frozen=True, slots=True)
 class InboundResult:
-    """The reply to send back, and whether the command wrote anything."""
+    """The reply to send back, whether the command wrote anything, and whether this message was
+    answered before (a replay: nothing applied again)."""
 
     action: CommandAction
     reply: str
     applied: bool = False
     booking_id: str | None = None
+    replayed: bool = False
 
 
 async def apply_inbound_message(
-    pool: AsyncConnectionPool, settings: Settings, sender: str, body: str
+    pool: AsyncConnectionPool, settings: Settings, message_sid: str, sender: str, body: str
 ) -> InboundResult:
-    """Parse `body` from `sender` (e.g. "whatsapp:+61400000003"), apply it, return the reply."""
+    """Apply Twilio message `message_sid`: `body` from `sender` (e.g. "whatsapp:+61400000003"),
+    once; return the reply, the stored one when the message was answered before."""
     command = parse_whatsapp_command(body)
-    async with pool.connection() as conn:
-        people = await identify_sender(conn, settings, sender)
-        if not people:
-            log.info("inbound.unknown_sender", action=command.action)
-            return InboundResult(command.action, UNKNOWN_SENDER_TEXT)
-        if command.action == "help":
-            return InboundResult("help", HELP_TEXT)
-        if command.action == "unknown":
-            return InboundResult("unknown", UNKNOWN_COMMAND_TEXT)
-        if command.reference is None:
-            if command.action == "status":
-                return InboundResult("status", await _list_open_bookings(conn, people))
-            return InboundResult(
-                command.action,
-                f"Please include the booking reference, e.g. {command.action.upper()} FE-1234.",
-            )
-        async with conn.transaction():
-            return await _apply_to_booking(conn, command, people)
+    key = {"message_sid": message_sid}
+    async with pool.connection() as conn, conn.transaction():
+        claim = await conn.execute(QUERIES["claim_inbound_message"], {**key, "action": command.action})
+        if await claim.fetchone() is None:
+            answered = await (await conn.execute(QUERIES["answered_inbound_message"], key)).fetchone()
+            assert answered is not None  # claimed and committed by the first request
+            action, reply = answered
+            return InboundResult(cast(CommandAction, action), reply, replayed=True)
+        result = await _apply_command(conn, settings, command, sender)
+        await conn.execute(QUERIES["store_inbound_reply"], {**key, "reply": result.reply})
+        return result
+
+
+async def _apply_command(
+    conn: psycopg.AsyncConnection, settings: Settings, command: WhatsAppCommand, sender: str
+) -> InboundResult:
+    """The command's writes and reply, inside the caller's transaction."""
+    people = await identify_sender(conn, settings, sender)
+    if not people:
+        log.info("inbound.unknown_sender", action=command.action)
+        return InboundResult(command.action, UNKNOWN_SENDER_TEXT)
+    if command.action == "help":
+        return InboundResult("help", HELP_TEXT)
+    if command.action == "unknown":
+        return InboundResult("unknown", UNKNOWN_COMMAND_TEXT)
+    if command.reference is None:
+        if command.action == "status":
+            return InboundResult("status", await _list_open_bookings(conn, people))
+        return InboundResult(
+            command.action,
+            f"Please include the booking reference, e.g. {command.action.upper()} FE-1234.",
+        )
+    return await _apply_to_booking(conn, command, people)
 
 
 async def identify_sender(

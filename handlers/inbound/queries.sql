@@ -47,3 +47,18 @@ VALUES ('admin', %(booking_id)s::uuid, %(type)s, %(title)s, %(message)s);
 -- name: emit_declined_event
 -- A booking.declined_by_performer outbox event, so the router alerts the admin on WhatsApp.
 SELECT worker.emit_event('booking.declined_by_performer', %(booking_id)s, %(payload)s);
+
+-- name: claim_inbound_message
+-- Claim a Twilio message for this transaction; no row back when it was claimed before. A concurrent
+-- duplicate waits here on the primary key until the claimer commits, then gets no row either.
+INSERT INTO worker.inbound_messages (message_sid, action) VALUES (%(message_sid)s, %(action)s)
+ON CONFLICT (message_sid) DO NOTHING
+RETURNING message_sid;
+
+-- name: answered_inbound_message
+-- What the first request for this message did and answered.
+SELECT action, reply FROM worker.inbound_messages WHERE message_sid = %(message_sid)s;
+
+-- name: store_inbound_reply
+-- The reply a replay of this message gets, written in the transaction that claimed it.
+UPDATE worker.inbound_messages SET reply = %(reply)s WHERE message_sid = %(message_sid)s;

@@ -57,19 +57,24 @@ async def _signed_form(request: Request) -> FormData | Response:
 
 
 async def inbound_whatsapp(request: Request) -> Response:
-    """Apply the sender's command and answer with a TwiML reply."""
+    """Apply the sender's command once per MessageSid and answer with a TwiML reply (a replay
+    gets the first reply)."""
     form = await _signed_form(request)
     if isinstance(form, Response):
         return form
+    message_sid = str(form.get("MessageSid") or "")
+    if not message_sid:  # every inbound message has one: without it a retry could not be told apart
+        return PlainTextResponse("MessageSid is missing", status_code=400)
     surface: Surface = request.app.state.surface
     result = await apply_inbound_message(
-        surface.pool, surface.settings, str(form.get("From", "")), str(form.get("Body", ""))
+        surface.pool, surface.settings, message_sid, str(form.get("From", "")), str(form.get("Body", ""))
     )
     log.info(
         "http.whatsapp_inbound",
-        message_sid=form.get("MessageSid"),
+        message_sid=message_sid,
         action=result.action,
         applied=result.applied,
+        replayed=result.replayed,
         booking_id=result.booking_id,
     )
     reply = MessagingResponse()
