@@ -86,7 +86,7 @@ async def print_summary(conninfo: str, subjects: list[str]) -> None:
 
 async def run_demo(settings: Settings, conninfo: str, *, exit_when_done: bool) -> None:
     """Run the daemon with the demo's data flowing through it."""
-    daemon = asyncio.create_task(run_daemon(demo_settings(settings), conninfo), name="daemon")
+    daemon = asyncio.create_task(run_daemon(demo_settings(settings), conninfo, conninfo), name="daemon")
     subjects = await write_sample_data(conninfo)
     waiting = asyncio.create_task(wait_until_handled(conninfo, subjects))
     done, _ = await asyncio.wait({daemon, waiting}, return_when=asyncio.FIRST_COMPLETED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,14 +31,23 @@ class SchedulerState(Protocol):
     def running(self) -> bool: ...
 
 
+class WorkerState(Protocol):
+    """What health needs of the claim loop (`listener.worker.Worker`): what fails right now."""
+
+    @property
+    def failing(self) -> Mapping[str, str]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Surface:
-    """The daemon's live parts the endpoints read; `scheduler` is None when it is disabled."""
+    """The daemon's live parts the endpoints read; `scheduler` is None when it is disabled,
+    `worker` when the surface runs without a claim loop (tests of the endpoints alone)."""
 
     settings: Settings
     pool: AsyncConnectionPool
     listener: ListenerState
     scheduler: SchedulerState | None = None
+    worker: WorkerState | None = None
 
 
 @dataclass(frozen=True, slots=True)
