@@ -15,6 +15,8 @@ import psycopg
 
 from core.redaction import mask_text
 from core.settings import Settings
+from handlers.contract import PermanentDeliveryError
+from handlers.phones import to_e164
 from listener.contract import contract_problems
 from listener.migrate import applied_versions, discover_migrations, pending_migrations
 
@@ -77,6 +79,19 @@ def _settings_problems(settings: Settings) -> list[str]:
     if any(twilio.values()) and not all(twilio.values()):
         missing = ", ".join(name for name, value in twilio.items() if not value)
         problems.append(f"WhatsApp is half configured: {missing} missing (messages would only be simulated)")
+    region = settings.default_phone_region
+    for name, number in (
+        ("TWILIO_WHATSAPP_NUMBER", settings.twilio_whatsapp_number),
+        ("ADMIN_WHATSAPP", settings.admin_whatsapp),
+    ):
+        try:
+            if number:
+                to_e164(number, region)
+        except PermanentDeliveryError:
+            problems.append(
+                f"{name} is not a phone number (read in DEFAULT_PHONE_REGION {region}):"
+                " every WhatsApp to or from it would fail"
+            )
     if not settings.cron_secret:
         if settings.port:
             problems.append("CRON_SECRET is not set: the /api/cron endpoints answer 503")

@@ -67,6 +67,7 @@ def test_cli_says_ok_and_exits_0_when_all_is_well(db_url: str) -> None:
         ),
         ({"port": 8080}, "CRON_SECRET is not set: the /api/cron endpoints answer 503"),
         ({"cron_secret": "short"}, "CRON_SECRET is too short"),
+        ({"admin_whatsapp": "0400 00"}, "ADMIN_WHATSAPP is not a phone number (read in DEFAULT_PHONE_REGION"),
     ],
 )
 def test_each_settings_problem_is_reported(db_url: str, values: dict[str, Any], expected: str) -> None:
