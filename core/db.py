@@ -75,7 +75,7 @@ def create_pool(conninfo: str, max_size: int) -> AsyncConnectionPool:
         tuned_conninfo(conninfo),
         min_size=2,
         max_size=max(2, max_size),
-        kwargs=WORK_CONNECTION_KWARGS,
+        kwargs=dict(WORK_CONNECTION_KWARGS),
         # No per-checkout ping (a round trip on every query): a connection broken by a server
         # restart fails its statement once, the caller retries, and the pool replaces it.
         open=False,

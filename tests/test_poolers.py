@@ -7,6 +7,8 @@ or so connections take turns on them: anything that needs a session breaks at on
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import subprocess
 import sys
 from collections import Counter
@@ -15,11 +17,14 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from core.db import create_pool
+from scheduler.runs import run_job_now
 from testkit.fake_providers import FakeProviders, worker_env
 from tests.appdata import add_bookings, status_counts
 from tests.pgbouncer import MISSING, PGBOUNCER, PgBouncer, pgbouncer
 from tests.processes import REPO
 from tests.waiting import wait_until
+from tests.worker_settings import fast_settings
 
 pytestmark = pytest.mark.skipif(PGBOUNCER is None, reason=MISSING)
 
@@ -125,3 +130,30 @@ def test_a_session_pooler_serves_everything(
     add_bookings(db, 5)
     wait_until(lambda: status_counts(db).get("done", 0) == 5, timeout=20, message="5 events done")
     assert worker.terminate() == 0
+
+
+async def test_job_runs_through_a_transaction_pooler_are_serialised_and_leave_no_lock_behind(
+    db: psycopg.Connection, db_url: str, transaction_pooler: PgBouncer
+) -> None:
+    """The job lock lives in a transaction, which the pooler keeps on one server connection: three
+    runs at once go one after the other, and no advisory lock outlives them (a session lock's
+    unlock would land on another server connection, leaving the lock held by the pooler's)."""
+    pool = create_pool(transaction_pooler.url(db_url), 6)
+    await pool.open()
+    try:
+        summaries = await asyncio.gather(
+            *(run_job_now(pool, fast_settings(db_url), "cleanup") for _ in range(3))
+        )
+    finally:
+        await pool.close()
+    assert [summary["success"] for summary in summaries] == [True, True, True]
+    runs = db.execute(
+        "SELECT started_at, finished_at FROM worker.job_runs WHERE job = 'cleanup' ORDER BY started_at"
+    ).fetchall()
+    assert len(runs) == 3
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(runs)), runs
+    held = db.execute(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+        " WHERE l.locktype = 'advisory' AND d.datname = current_database()"
+    ).fetchone()
+    assert held == (0,)
