@@ -245,12 +245,19 @@ def migrate(app: AppContext, reference_schema: bool) -> None:
     import psycopg
 
     from core.redaction import mask_text
+    from listener.checks import listen_problem
     from listener.migrate import TRIGGER_TABLES, ContractError
     from listener.migrate import migrate as apply_migrations
 
     app.configure_logging(sys.stderr)
+    # Through the session URL: the migrations are serialised by a session advisory lock, which a
+    # transaction pooler would take on one server connection and release on another, leaving it
+    # held for good (the next release phase would wait forever). `run`'s test of a session.
+    variable = "LISTEN_DATABASE_URL" if app.settings.listen_database_url else "DATABASE_URL"
+    if problem := listen_problem(app.session_conninfo, variable):
+        click.echo(f"migrate refused: {problem}", err=True)
+        raise SystemExit(1)
     try:
-        # Through the session URL: the migrations are serialised by a session advisory lock.
         report = apply_migrations(app.session_conninfo, reference_schema=reference_schema)
     except ContractError as exc:
         for problem in exc.problems:

@@ -157,3 +157,19 @@ async def test_job_runs_through_a_transaction_pooler_are_serialised_and_leave_no
         " WHERE l.locktype = 'advisory' AND d.datname = current_database()"
     ).fetchone()
     assert held == (0,)
+
+
+def test_migrate_needs_a_session_connection_too(empty_db_url: str, transaction_pooler: PgBouncer) -> None:
+    """migrate's advisory lock is a session lock: through a transaction pooler its unlock could
+    land on another server connection and leave the lock held, so the next migrate would wait
+    for ever. Without a session connection it refuses; with one, it migrates."""
+    pooled = transaction_pooler.url(empty_db_url)
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": pooled}
+    command = [sys.executable, "-m", "listener", "migrate"]
+    refused = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("migrate refused: LISTEN/NOTIFY does not work through DATABASE_URL")
+    done = subprocess.run(command, cwd=REPO, env={**env, "LISTEN_DATABASE_URL": empty_db_url},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("migrations applied: 001_worker_schema.sql")
