@@ -30,9 +30,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tests.processes import free_port
 from tests.waiting import wait_until
 
-PGBOUNCER = shutil.which("pgbouncer") or next(
-    (path for path in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.exists(path)), None
-)
+#: Debian installs it in /usr/sbin, which an unprivileged user's PATH often lacks.
+PGBOUNCER = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin")
 MISSING = "pgbouncer is not installed (apt-get install pgbouncer; .ci/run installs it)"
 PoolMode = Literal["transaction", "session"]
 
