@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-slow lint bench clean
 
 # The benchmark runs from an install like a dyno's: the runtime dependencies, plus the test kit
 # (fake providers and the bench itself, a distribution of its own: testkit/pyproject.toml).
@@ -15,18 +15,23 @@ BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
 $(STAMP): pyproject.toml testkit/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]' -e ./testkit
+	$(BIN)/python -m pip install --quiet -e '.[test,embedded]' -e ./testkit
 	touch $(STAMP)
 
 ## The zero-config demo: the daemon on embedded PostgreSQL, console transports, a sample booking walked through.
 run: $(STAMP)
 	$(BIN)/flavor-worker demo
 
-## Run the whole test suite (real PostgreSQL: TEST_DATABASE_URL, Docker, or embedded).
+## Run the test suite (real PostgreSQL: TEST_DATABASE_URL, Docker, or embedded; the pooler
+## tests run when a pgbouncer binary is installed, and skip saying so otherwise).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -q
+
+## The slow tests: build the wheel, install it alone in a clean venv, use it from elsewhere.
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow -q
 
 $(BENCH_STAMP): pyproject.toml testkit/pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)

@@ -6,6 +6,7 @@ zero-configuration run and the demo need nothing but Python.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import psycopg
@@ -13,6 +14,7 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from core.redaction import mask_text
 from core.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -58,13 +60,24 @@ def redacted_target(conninfo: str) -> str:
     return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
 
 
+#: How the pool's connections are opened. `prepare_threshold=None`: no server-side prepared
+#: statements, ever (psycopg then ignores `execute(..., prepare=True)` too). Behind a transaction
+#: pooler (Supabase's port 6543, PgBouncer in transaction mode) consecutive statements of one
+#: client run on different server connections, so psycopg's named statements (`_pg3_0`, ...)
+#: collide with other clients' or vanish. What preparing could save is the planning of a batch's
+#: three statements: 0.6 ms per batch of 200 events, 3 us per event against the 240 us an event
+#: takes in the drain (`python -m testkit.bench.planning`; README "Performance"). That is too
+#: little to justify detecting poolers (and getting it wrong): the pool never prepares.
+WORK_CONNECTION_KWARGS: dict[str, object] = {"autocommit": True, "prepare_threshold": None}
+
+
 def create_pool(conninfo: str, max_size: int) -> AsyncConnectionPool:
     """The pool the claim loop, the ledger and the jobs share (autocommit; explicit transactions)."""
     return AsyncConnectionPool(
         tuned_conninfo(conninfo),
         min_size=2,
         max_size=max(2, max_size),
-        kwargs={"autocommit": True},
+        kwargs=dict(WORK_CONNECTION_KWARGS),
         # No per-checkout ping (a round trip on every query): a connection broken by a server
         # restart fails its statement once, the caller retries, and the pool replaces it.
         open=False,
@@ -73,7 +86,54 @@ def create_pool(conninfo: str, max_size: int) -> AsyncConnectionPool:
 
 
 async def connect_listener(conninfo: str) -> psycopg.AsyncConnection:
-    """A dedicated autocommit connection for LISTEN (never taken from the pool)."""
+    """A dedicated autocommit connection for LISTEN (never taken from the pool), to the session
+    URL (`Settings.session_database_url`): a transaction pooler would forget the LISTEN."""
     return await psycopg.AsyncConnection.connect(
         tuned_conninfo(conninfo, LISTENER_APPLICATION_NAME), autocommit=True
     )
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database did not answer within the wait `run` allows it."""
+
+
+#: How often `database.waiting` repeats while the database stays unreachable.
+WAITING_REPORT_SECONDS = 5.0
+#: The longest pause between two connection attempts.
+WAITING_RETRY_MAX_SECONDS = 2.0
+
+
+def wait_for_database(conninfo: str, timeout: float) -> None:
+    """Return once the database accepts a connection; raise `DatabaseUnavailable` after `timeout`.
+
+    A worker often starts before its database (a restart of both, a release racing a failover):
+    waiting is right, but waiting in silence looks like a hang. The first refusal is logged at
+    once, with where and how long, then every WAITING_REPORT_SECONDS.
+    """
+    started = time.monotonic()
+    next_report = started
+    pause = 0.1
+    while True:
+        remaining = timeout - (time.monotonic() - started)
+        try:
+            with psycopg.connect(conninfo, connect_timeout=max(1, min(5, round(remaining)))):
+                return
+        except psycopg.OperationalError as exc:
+            error = mask_text((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+            waited = time.monotonic() - started
+            if waited >= timeout:
+                raise DatabaseUnavailable(
+                    f"database {redacted_target(conninfo)} unreachable for {waited:.0f}s: {error}"
+                ) from None
+            if time.monotonic() >= next_report:
+                log.warning(
+                    "database.waiting",
+                    target=redacted_target(conninfo),
+                    error=error,
+                    waited_s=round(waited, 1),
+                    retry_every_s=WAITING_RETRY_MAX_SECONDS,
+                    gives_up_after_s=timeout,
+                )
+                next_report = time.monotonic() + WAITING_REPORT_SECONDS
+        time.sleep(min(pause, max(0.0, timeout - (time.monotonic() - started))))
+        pause = min(WAITING_RETRY_MAX_SECONDS, pause * 2)

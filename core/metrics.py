@@ -6,14 +6,29 @@ database when scraped, so every worker reports the same truth about the shared q
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
+
+# No `<counter>_created` series: a gauge of start-up time per label set that doubles what is
+# scraped and stored for nothing (Prometheus infers resets from the counters themselves). It is
+# the client library's process-wide switch, and this process exports only this registry.
+disable_created_metrics()
 
 
 class WorkerMetrics:
-    """Every series the worker exports, registered in a registry of its own."""
+    """Every series the worker exports, registered in a registry of its own, with the standard
+    `process_*` series (resident memory, CPU, open files), which the README's memory targets are
+    read from in production."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
         self.events_claimed = Counter(
             "flavor_events_claimed", "Events claimed by this worker", ["kind"], registry=r
         )

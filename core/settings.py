@@ -13,12 +13,15 @@ dyno about 10 MB of resident memory for this one class.)
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import sys
 import types
+from collections.abc import Iterable
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
@@ -48,6 +51,37 @@ def _valid_crontab(value: str) -> None:
         raise ValidationError(f"not a crontab expression: {exc}") from exc
 
 
+def _postgres_url(value: str) -> None:
+    """Parsed as libpq will, so a typo is a configuration error before any command runs, not a
+    connection error later (whose text, from libpq, would quote the URL with its password)."""
+    try:
+        conninfo_to_dict(value)
+    except psycopg.ProgrammingError:
+        raise ValidationError(
+            "not a PostgreSQL URL: expected postgresql://user:password@host:5432/dbname"
+        ) from None
+
+
+def _http_url(value: str) -> None:
+    url = urlsplit(value)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ValidationError("must be an absolute http(s) URL such as https://worker.example.com")
+
+
+def _signed_base_url(value: str) -> None:
+    """Twilio signs the exact public URL, so the base of the webhooks' URLs is checked strictly."""
+    _http_url(value)
+    if urlsplit(value).query or urlsplit(value).fragment:
+        raise ValidationError("must not have a query or fragment (Twilio signs the exact URL)")
+
+
+def _phone_region(value: str) -> None:
+    import phonenumbers  # 50 ms: only when the settings are read, never for `--help`
+
+    if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValidationError("not a region phonenumbers knows (an ISO 3166 code such as AU, NZ, GB, US)")
+
+
 def _string_to_string(value: dict[str, str]) -> None:
     if not isinstance(value, dict) or not all(
         isinstance(key, str) and isinstance(item, str) for key, item in value.items()
@@ -70,6 +104,10 @@ Crontab = Annotated[str, _valid_crontab]
 TimeZoneName = Annotated[str, _known_timezone]
 StringMap = Annotated[dict[str, str], _string_to_string]
 KindSeconds = Annotated[dict[str, float], _kind_seconds]
+PostgresUrl = Annotated[str, _postgres_url]
+HttpUrl = Annotated[str, _http_url]
+SignedBaseUrl = Annotated[str, _signed_base_url]
+PhoneRegion = Annotated[str, _phone_region]
 
 
 class SettingsError(ValueError):
@@ -95,10 +133,15 @@ class Settings:
     """
 
     # --- database -----------------------------------------------------------------------
-    database_url: str | None = _secret()
+    database_url: PostgresUrl | None = _secret()
+    #: A session connection (direct, or a session-mode pooler) for LISTEN and the advisory locks,
+    #: for when DATABASE_URL is a transaction pooler; unset: DATABASE_URL serves both.
+    listen_database_url: PostgresUrl | None = _secret()
+    #: How long `run` waits for an unreachable database (logging `database.waiting`) before exit 1.
+    database_wait_seconds: PositiveFloat = 60.0
     embedded_data_dir: str = ".data/postgres"
     #: Server on which `flavor-worker bench` creates its scratch databases (else an embedded one).
-    bench_database_url: str | None = _secret()
+    bench_database_url: PostgresUrl | None = _secret()
     # --- logging ------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -131,18 +174,18 @@ class Settings:
     twilio_auth_token: str | None = _secret()
     twilio_whatsapp_number: str | None = None
     admin_whatsapp: str | None = None
-    twilio_api_base_url: str | None = None
-    twilio_status_callback_url: str | None = None
+    twilio_api_base_url: HttpUrl | None = None
+    twilio_status_callback_url: HttpUrl | None = None
     twilio_rate_per_second: PositiveFloat = 50.0
     #: JSON object: message kind -> Twilio Content SID (approved WhatsApp template).
     whatsapp_content_templates: StringMap = field(default_factory=dict)
-    default_phone_region: str = "AU"
+    default_phone_region: PhoneRegion = "AU"
 
     # --- Resend / email (the platform's names) ----------------------------------------------
     resend_api_key: str | None = _secret()
     admin_email: str | None = None
     from_email: str = "bookings@flavorentertainers.com.au"
-    resend_api_url: str | None = None
+    resend_api_url: HttpUrl | None = None
     resend_rate_per_second: PositiveFloat = 2.0
     provider_timeout_seconds: PositiveFloat = 10.0
     #: Longest a message waits for its slot under a provider's shared rate limit before its event
@@ -154,7 +197,7 @@ class Settings:
     message_transport: Literal["auto", "console", "null"] = "auto"
 
     # --- app ----------------------------------------------------------------------------
-    next_public_app_url: str = "http://localhost:3000"
+    next_public_app_url: HttpUrl = "http://localhost:3000"
     cron_secret: str | None = _secret()
 
     # --- scheduler ----------------------------------------------------------------------
@@ -175,7 +218,7 @@ class Settings:
 
     # --- HTTP surface -------------------------------------------------------------------
     port: Port | None = None
-    webhook_base_url: str | None = None
+    webhook_base_url: SignedBaseUrl | None = None
     health_max_pending_age_seconds: PositiveFloat = 300.0
     #: A provider circuit open this long makes /healthz answer 503.
     health_max_circuit_open_seconds: PositiveFloat = 600.0
@@ -236,7 +279,7 @@ class Settings:
         values = [
             secret for secret in (self.twilio_auth_token, self.resend_api_key, self.cron_secret) if secret
         ]
-        for url in (self.database_url, self.bench_database_url):
+        for url in (self.database_url, self.listen_database_url, self.bench_database_url):
             with contextlib.suppress(psycopg.ProgrammingError):  # unparseable: nothing to take
                 password = conninfo_to_dict(url).get("password") if url else None
                 if password:
@@ -251,6 +294,43 @@ class Settings:
     @property
     def resend_configured(self) -> bool:
         return bool(self.resend_api_key)
+
+    @property
+    def session_database_url(self) -> str | None:
+        """Where a session must hold (LISTEN, advisory locks, migrations): LISTEN_DATABASE_URL,
+        else DATABASE_URL."""
+        return self.listen_database_url or self.database_url
+
+
+#: Prefixes only this worker's variables use: anything else under them is a mistake.
+_OUR_PREFIXES = ("TWILIO_", "RESEND_", "WORKER_")
+
+
+def unknown_variable_warnings(names: Iterable[str]) -> list[str]:
+    """A warning for each variable that looks meant for us but is not one of our settings: close
+    to a setting's name (`WORKER_CONCURENCY`, `LOG_LEVLE`), or under one of our own prefixes.
+
+    Unknown variables are otherwise ignored without a word (a dyno's environment holds plenty
+    that are none of ours), which is how a misspelt setting silently keeps its default.
+    """
+    ours = {setting.name.upper() for setting in fields(Settings)}
+    warnings = []
+    for name in sorted({name.upper() for name in names} - ours):
+        # 0.85: one slip in a name of ours, not TEST_DATABASE_URL beside DATABASE_URL (0.83).
+        close = difflib.get_close_matches(name, ours, n=1, cutoff=0.85)
+        if close:
+            warnings.append(f"{name} is not a setting: did you mean {close[0]}? (ignored)")
+        elif name.startswith(_OUR_PREFIXES):
+            warnings.append(f"{name} is not a setting of flavor-worker (ignored)")
+    return warnings
+
+
+def configured_names(env_file: str | None = ".env") -> set[str]:
+    """The names of the environment's variables and of the `.env` file's, as set."""
+    names = set(os.environ)
+    if env_file:
+        names.update(dotenv_values(env_file))
+    return names
 
 
 #: environs parser by field type; anything else is read as a string.

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from core.db import create_pool, redacted_target
+from core.db import DatabaseUnavailable, create_pool, redacted_target, wait_for_database
 from core.settings import Settings
 from handlers.router import NotificationRouter
+from listener.checks import listen_problem
 from listener.migrate import migrate, pending_migrations
 from listener.stream import EventStream
 from listener.worker import Worker
@@ -30,17 +30,31 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-class SchemaBehindError(RuntimeError):
-    """The database lacks migrations this worker needs."""
+class StartRefused(RuntimeError):
+    """The daemon cannot do its job with this database: the message says why, in one line."""
 
 
-@retry(
-    retry=retry_if_exception_type(psycopg.OperationalError),
-    wait=wait_exponential_jitter(multiplier=0.5, max=5.0),
-    stop=stop_after_delay(60),
-    reraise=True,
-)
-def ensure_schema(conninfo: str, *, auto_migrate: bool) -> None:
+def preflight(settings: Settings, conninfo: str, session_conninfo: str) -> None:
+    """What must hold before the daemon starts, else it would run half-working; raises StartRefused.
+
+    The database answers (waited for, up to DATABASE_WAIT_SECONDS, saying so); its schema has
+    every migration this install ships (the embedded database is migrated instead); and a
+    NOTIFY is heard through the session connection. Behind a transaction pooler without
+    LISTEN_DATABASE_URL the worker would claim and send but never hear the doorbell, and its
+    migrations' and jobs' session locks would not hold: it refuses, with `check`'s words.
+    """
+    try:
+        wait_for_database(conninfo, settings.database_wait_seconds)
+    except DatabaseUnavailable as exc:
+        raise StartRefused(str(exc)) from None
+    ensure_schema(conninfo, session_conninfo, auto_migrate=settings.database_url is None)
+    variable = "LISTEN_DATABASE_URL" if settings.listen_database_url else "DATABASE_URL"
+    problem = listen_problem(session_conninfo, variable)
+    if problem:
+        raise StartRefused(problem)
+
+
+def ensure_schema(conninfo: str, session_conninfo: str, *, auto_migrate: bool) -> None:
     """Refuse to start on an old schema (or migrate it, for the embedded database)."""
     with psycopg.connect(conninfo, connect_timeout=5) as conn:
         missing = pending_migrations(conn)
@@ -48,8 +62,8 @@ def ensure_schema(conninfo: str, *, auto_migrate: bool) -> None:
         return
     if not auto_migrate:
         names = ", ".join(m.path.name for m in missing)
-        raise SchemaBehindError(f"database schema is behind ({names}); run `flavor-worker migrate`")
-    migrate(conninfo, reference_schema=True)
+        raise StartRefused(f"database schema is behind ({names}); run `flavor-worker migrate`")
+    migrate(session_conninfo, reference_schema=True)
 
 
 def build_handler(settings: Settings, pool: AsyncConnectionPool) -> NotificationRouter:
@@ -71,13 +85,14 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-async def run_daemon(settings: Settings, conninfo: str) -> None:
-    """Run until SIGTERM/SIGINT; return after a graceful shutdown."""
+async def run_daemon(settings: Settings, conninfo: str, session_conninfo: str) -> None:
+    """Run until SIGTERM/SIGINT; return after a graceful shutdown. The work goes through
+    `conninfo` (which may be a transaction pooler); LISTEN through `session_conninfo`."""
     pool = create_pool(conninfo, settings.db_pool_max_size)
     await pool.open(wait=False)
     handler = build_handler(settings, pool)
     worker = Worker(pool, handler, settings)
-    stream = EventStream(conninfo, worker.wake, ping_seconds=max(1.0, settings.poll_interval_seconds))
+    stream = EventStream(session_conninfo, worker.wake, ping_seconds=max(1.0, settings.poll_interval_seconds))
     structlog.contextvars.bind_contextvars(worker_id=worker.worker_id)
     log.info("daemon.starting", database=redacted_target(conninfo))
     settle_garbage_collector()
@@ -97,7 +112,7 @@ async def run_daemon(settings: Settings, conninfo: str) -> None:
         # Imported only when asked for: a worker dyno without PORT does not carry the web stack.
         from listener.http import HttpServer, Surface, create_app
 
-        surface = Surface(settings, pool, stream, scheduler, handler.circuits())
+        surface = Surface(settings, pool, stream, scheduler, circuits=handler.circuits(), worker=worker)
         http = HttpServer(create_app(surface), settings.port)
     http_failed = False
     worker_task = asyncio.create_task(worker.run(), name="worker")

@@ -152,7 +152,7 @@ def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 async def run_demo(settings: Settings, conninfo: str, *, exit_when_done: bool) -> None:
     """Run the daemon with the demo's data flowing through it."""
     settings = demo_settings(settings)
-    daemon = asyncio.create_task(run_daemon(settings, conninfo), name="daemon")
+    daemon = asyncio.create_task(run_daemon(settings, conninfo, conninfo), name="daemon")
     subjects = await write_sample_data(conninfo)
     waiting = asyncio.create_task(wait_until_handled(conninfo, subjects))
     done, _ = await asyncio.wait({daemon, waiting}, return_when=asyncio.FIRST_COMPLETED)

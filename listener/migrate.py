@@ -1,21 +1,31 @@
 """Apply the numbered files of `sql/` in order, each once, each in its own transaction.
 
 A session advisory lock serialises concurrent runs (two dynos' release phases, or a deploy
-racing a developer): the second waits, then finds nothing left to do.
+racing a developer): the second waits, then finds nothing left to do. A session lock needs a
+session: behind a transaction pooler, migrate connects through LISTEN_DATABASE_URL (the CLI
+passes `Settings.session_database_url`).
+
+Before it installs its triggers and indexes on the app's tables, migrate checks that those
+tables have the columns of the data contract (listener/contract.py) and refuses in words
+(`ContractError`) rather than fail inside PL/pgSQL, before it has changed anything.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 import psycopg
 import structlog
 
+from listener.contract import column_problems, table_columns
+
 log = structlog.get_logger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+#: sql/ of the checkout, shipped in the wheel as the package `listener.migrations` (pyproject.toml).
+SQL_DIR: Traversable = files("listener.migrations")
 REFERENCE_SCHEMA = SQL_DIR / "reference" / "app_schema.sql"
 REFERENCE_TABLES = (
     "clients",
@@ -33,11 +43,19 @@ MIGRATION_LOCK_KEY = 0x466C_6176_6F72  # "Flavor"
 _FILENAME = re.compile(r"^(\d{3,})_([\w-]+)\.sql$")
 
 
+class ContractError(RuntimeError):
+    """The app's tables lack columns the worker reads: `problems` has one line per table."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
     name: str
-    path: Path
+    path: Traversable
 
 
 @dataclass
@@ -50,10 +68,11 @@ class MigrationReport:
     indexes_on: list[str] = field(default_factory=list)
 
 
-def discover_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
-    """The numbered migration files, in order; a duplicated number is an error."""
+def discover_migrations(sql_dir: Traversable = SQL_DIR) -> list[Migration]:
+    """The numbered migration files, in order; a duplicated number is an error, and so is none
+    at all (an install without its migrations would call any database current)."""
     found: dict[int, Migration] = {}
-    for path in sorted(sql_dir.glob("*.sql")):
+    for path in sorted((p for p in sql_dir.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name):
         match = _FILENAME.match(path.name)
         if not match:
             raise ValueError(f"{path.name}: migration files are named NNN_description.sql")
@@ -61,6 +80,8 @@ def discover_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
         if version in found:
             raise ValueError(f"two migrations numbered {version}: {found[version].path.name}, {path.name}")
         found[version] = Migration(version, match.group(2), path)
+    if not found:
+        raise RuntimeError(f"no migrations in {sql_dir}: this install of flavor-worker is incomplete")
     return [found[v] for v in sorted(found)]
 
 
@@ -78,7 +99,9 @@ def pending_migrations(conn: psycopg.Connection) -> list[Migration]:
 
 
 def migrate(conninfo: str, *, reference_schema: bool = False) -> MigrationReport:
-    """Bring the database to the current schema; optionally create the reference app tables."""
+    """Bring the database to the current schema; optionally create the reference app tables.
+
+    Raises `ContractError`, before any migration is applied, when existing app tables lack columns."""
     report = MigrationReport()
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
@@ -92,6 +115,9 @@ def migrate(conninfo: str, *, reference_schema: bool = False) -> MigrationReport
             )
             if reference_schema:
                 _create_reference_schema(conn, report)
+            gaps = column_problems(table_columns(conn))
+            if gaps:
+                raise ContractError(gaps)
             for migration in pending_migrations(conn):
                 with conn.transaction():
                     conn.execute(migration.path.read_text())
@@ -122,3 +148,24 @@ def _create_reference_schema(conn: psycopg.Connection, report: MigrationReport) 
     report.reference_created = [t for t in REFERENCE_TABLES if t not in existing]
     for table in report.reference_skipped:
         log.info("migrate.reference_table_exists", table=table)
+
+
+def not_migrated_advice(conninfo: str | None, exc: Exception) -> str | None:
+    """For an error about a missing table, function or schema on a database that lacks this
+    install's migrations, what to do (a command's first contact with a new database should not
+    answer in raw SQL errors); None for any other error, or when the schema is current."""
+    errors = psycopg.errors
+    undefined = (errors.UndefinedTable, errors.UndefinedFunction, errors.InvalidSchemaName)
+    if conninfo is None or not isinstance(exc, undefined):
+        return None
+    try:
+        with psycopg.connect(conninfo, connect_timeout=5) as conn:
+            missing = pending_migrations(conn)
+    except psycopg.Error:
+        return None
+    if not missing:
+        return None
+    return (
+        f"the database is not migrated ({len(missing)} of this install's migrations not applied):"
+        " run `flavor-worker migrate` first"
+    )

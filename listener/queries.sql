@@ -198,3 +198,24 @@ SELECT count(*) AS pending,
              AND older.status IN ('pending', 'processing')))), 0)::float8 AS oldest_pending_seconds
 FROM worker.events e
 WHERE e.status = 'pending' AND e.run_at <= now();
+
+-- name: app_columns
+-- The columns of the app's tables (public schema) among those the data contract names.
+SELECT c.relname, a.attname
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relname = ANY(%(tables)s) AND c.relkind IN ('r', 'p')
+  AND a.attnum > 0 AND NOT a.attisdropped;
+
+-- name: app_triggers
+-- The worker's event triggers on the app's tables, and whether each is enabled.
+SELECT c.relname, t.tgname, t.tgenabled <> 'D'
+FROM pg_trigger t
+JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND NOT t.tgisinternal AND t.tgname LIKE 'worker\_%%';
+
+-- name: app_indexes
+-- The indexes of the app's tables (the scheduled jobs' are created by worker.install_app_indexes()).
+SELECT indexname FROM pg_indexes WHERE schemaname = 'public';

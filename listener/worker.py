@@ -125,6 +125,9 @@ class Worker:
         self._suspect_waiting = False
         #: Since when (monotonic) our heartbeats have gone through without a gap; None while not.
         self._heard_since: float | None = None
+        #: What fails right now ("claims", "outcome writes") and the error's type, for /healthz:
+        #: set where the failure is caught, cleared by the next success.
+        self.failing: dict[str, str] = {}
         self._log = log.bind(worker_id=self.worker_id)
 
     # ------------------------------------------------------------------ lifecycle
@@ -189,8 +192,10 @@ class Worker:
                 try:
                     claimed = await self._claim(min(free, held_room, self.settings.claim_batch_size))
                     failures = 0
+                    self.failing.pop("claims", None)
                 except psycopg.Error as exc:
                     failures += 1
+                    self.failing["claims"] = type(exc).__name__
                     self._log.warning("worker.claim_failed", error=str(exc), failures=failures)
                     await self._pause(min(5.0, 0.1 * 2**failures))
                     break
@@ -372,12 +377,15 @@ class Worker:
         self._flushing = {c.event.id for c in batch}
         try:
             await self._write(batch, records)
+            self.failing.pop("outcome writes", None)
         except psycopg.OperationalError as exc:
+            self.failing["outcome writes"] = type(exc).__name__
             self._completions[:0] = batch
             self._records[:0] = records
             self._log.warning("worker.flush_failed", error=str(exc), count=len(batch), records=len(records))
             return False
         except psycopg.Error as exc:
+            self.failing["outcome writes"] = type(exc).__name__
             # One row the database refuses must not hold up the others for ever.
             self._log.error("worker.flush_rejected", error=str(exc), count=len(batch), records=len(records))
             await self._write_one_by_one(batch, records)
@@ -498,7 +506,7 @@ class Worker:
         """The heartbeat's own connection: a pool busy with jobs, cron runs or a burst of
         deliveries must never delay it past STALE_AFTER_SECONDS (others would take our claims)."""
         if self._liveness is None or self._liveness.closed:
-            self._liveness = await psycopg.AsyncConnection.connect(self.pool.conninfo, autocommit=True)
+            self._liveness = await psycopg.AsyncConnection.connect(self.pool.conninfo, **self.pool.kwargs)
         return self._liveness
 
     async def _close_liveness(self) -> None:

@@ -191,9 +191,6 @@ SET status = %(status)s, finished_at = clock_timestamp(), summary = %(summary)s
 WHERE id = %(run_id)s;
 
 -- name: try_lock_job
--- Serialise runs of one job across processes (scheduled, catch-up, CLI and HTTP runs); true when taken.
-SELECT pg_try_advisory_lock(%(lock_class)s, %(lock_id)s);
-
--- name: unlock_job
--- Release the lock taken by try_lock_job.
-SELECT pg_advisory_unlock(%(lock_class)s, %(lock_id)s);
+-- Serialise runs of one job across processes (scheduled, catch-up, CLI and HTTP runs); true when
+-- taken. Held until the caller's transaction ends (scheduler/runs.py `job_lock` says why).
+SELECT pg_try_advisory_xact_lock(%(lock_class)s, %(lock_id)s);

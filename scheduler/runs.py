@@ -8,7 +8,7 @@ Two ways in:
   by exactly one worker, at most MAX_TICK_ATTEMPTS times in all.
 * `run_job_now` — the CLI and the HTTP cron endpoints. Always runs, recorded with its own row.
 
-Both hold a session advisory lock per job while they run, so a manual run never overlaps a
+Both hold an advisory lock per job while they run, so a manual run never overlaps a
 scheduled one (the second waits for the first).
 """
 
@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-import psycopg
 import structlog
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -137,6 +136,13 @@ LOCK_RETRY_MAX_SECONDS = 1.0
 async def job_lock(pool: AsyncConnectionPool, job: JobName) -> AsyncIterator[None]:
     """Hold the job's advisory lock on a pooled connection for the duration of the block.
 
+    The lock is transaction-scoped, in a transaction kept open on that connection until the
+    block ends: behind a transaction pooler (PgBouncer, Supabase's port 6543) a client keeps its
+    server connection only while a transaction is open, so a session lock would be taken on one
+    server connection and its unlock sent to another. Ending the transaction, however the block
+    ends (even on a broken connection), releases the lock. The transaction holds nothing else
+    (READ COMMITTED keeps no snapshot between statements), so it does not hold back vacuum.
+
     Waiting for it holds no connection: the lock is tried and, when busy, the connection goes
     back to the pool until the next try, so runs queued behind a long one (cron calls, manual
     runs) cannot take the connections the claim loop needs. Waiters are not served in arrival
@@ -145,22 +151,11 @@ async def job_lock(pool: AsyncConnectionPool, job: JobName) -> AsyncIterator[Non
     params = {"lock_class": JOB_LOCK_CLASS, "lock_id": JOB_LOCK_IDS[job]}
     pause = 0.05
     while True:
-        async with pool.connection() as conn:
-            held: bool | None = None  # None: interrupted while asking, so perhaps held
-            try:
-                row = await (await conn.execute(QUERIES["try_lock_job"], params)).fetchone()
-                held = bool(row and row[0])
-                if held:
-                    yield
-                    return
-            finally:
-                if held is not False:
-                    try:
-                        await conn.execute(QUERIES["unlock_job"], params)
-                    except psycopg.Error:
-                        # Unknown whether the session still holds the lock: end the session,
-                        # which drops it.
-                        await conn.close()
+        async with pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(QUERIES["try_lock_job"], params)).fetchone()
+            if row and row[0]:
+                yield
+                return
         await asyncio.sleep(pause)
         pause = min(LOCK_RETRY_MAX_SECONDS, pause * 2)
 

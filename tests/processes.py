@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from testkit.bench.processes import REPO, DaemonProcess
 
-__all__ = ["FAST_ENV", "REPO", "WorkerProcess"]
+__all__ = ["FAST_ENV", "REPO", "WorkerProcess", "free_port"]
 
 #: Fast liveness settings so fault tests finish in seconds.
 FAST_ENV = {
@@ -24,3 +25,10 @@ class WorkerProcess(DaemonProcess):
 
     def __init__(self, conninfo: str, log_path: Path, **env: str) -> None:
         super().__init__(conninfo, log_path, {**FAST_ENV, **env})
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (for a daemon's PORT, a pooler, a fake)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import psycopg
 
 from core.db import LISTENER_APPLICATION_NAME
 from testkit.fake_providers import FakeProviders, worker_env
 from tests.appdata import add_bookings, status_counts
 from tests.pgharness import PrivateServer
+from tests.processes import free_port
 from tests.waiting import wait_until
 
 
@@ -110,3 +112,43 @@ def test_worker_refuses_an_unmigrated_database(empty_db_url: str, spawn_worker) 
     assert worker.proc.wait(30) == 1
     [line] = worker.events_logged("daemon.cannot_start")
     assert "flavor-worker migrate" in line["error"]
+
+
+def test_health_is_503_while_claims_or_outcome_writes_fail_and_200_once_they_work(
+    db: psycopg.Connection, db_url: str, spawn_worker
+) -> None:
+    """The queue read of /healthz can succeed while the claim loop's own statements fail (behind a
+    pooler that refuses them, or a schema changed under the worker): the probe must say so."""
+    port = free_port()
+    worker = spawn_worker(db_url, PORT=str(port), POLL_INTERVAL_SECONDS="0.2", CRON_SECRET="x" * 40)
+    worker.wait_for_log("worker.started")
+
+    def health(status: int):
+        def probe() -> dict | None:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            except httpx.TransportError:
+                return None
+            return response.json() if response.status_code == status else None
+
+        return probe
+
+    wait_until(health(200), message="healthy at start")
+    db.execute("ALTER FUNCTION worker.claim_events(text, integer, boolean) RENAME TO claim_events_away")
+    try:
+        down = wait_until(health(503), timeout=15, message="unhealthy while claims fail")
+    finally:
+        db.execute("ALTER FUNCTION worker.claim_events_away(text, integer, boolean) RENAME TO claim_events")
+    assert "claims failing (UndefinedFunction)" in down["reason"]
+    wait_until(health(200), timeout=15, message="healthy once claims work")
+
+    db.execute("ALTER TABLE worker.events ADD CONSTRAINT not_done CHECK (status <> 'done') NOT VALID")
+    try:
+        add_bookings(db, 1)
+        down = wait_until(health(503), timeout=15, message="unhealthy while outcomes cannot be written")
+    finally:
+        db.execute("ALTER TABLE worker.events DROP CONSTRAINT not_done")
+    assert "outcome writes failing (CheckViolation)" in down["reason"]
+    add_bookings(db, 1)
+    wait_until(health(200), timeout=15, message="healthy once outcomes are written")
+    assert worker.terminate() == 0

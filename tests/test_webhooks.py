@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 from typing import Any
 
 import httpx
@@ -19,6 +18,7 @@ from testkit.fake_providers import FakeProviders
 from tests.appdata import add_booking, add_client, add_performer, events
 from tests.httpapp import BASE_URL, LiveSurface, live_surface
 from tests.notifyharness import provider_settings, running_router, wait_finished
+from tests.processes import free_port
 from tests.waiting import async_wait_until, wait_until
 
 TOKEN = "twilio-auth-token-for-tests"
@@ -430,12 +430,6 @@ async def test_unsigned_status_callback_changes_nothing(db: psycopg.Connection, 
 
 
 # --- the real daemon, end to end -------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_daemon_with_port_accepts_a_signed_accept_and_the_client_hears_of_it(

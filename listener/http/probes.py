@@ -29,6 +29,10 @@ async def healthz(request: Request) -> JSONResponse:
     problems: list[str] = []
     if not surface.listener.connected:
         problems.append("LISTEN connection is down")
+    if surface.worker is not None:
+        # The queue read below can succeed while the claim loop's statements fail (a pooler
+        # refusing them, a function gone): events would then sit pending behind a green probe.
+        problems += [f"{what} failing ({error})" for what, error in surface.worker.failing.items()]
     if surface.scheduler is None:
         scheduler = "disabled"
     else:

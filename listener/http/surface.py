@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,17 +38,24 @@ class CircuitState(Protocol):
     state: str
 
     def open_for(self) -> float: ...
+class WorkerState(Protocol):
+    """What health needs of the claim loop (`listener.worker.Worker`): what fails right now."""
+
+    @property
+    def failing(self) -> Mapping[str, str]: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Surface:
-    """The daemon's live parts the endpoints read; `scheduler` is None when it is disabled."""
+    """The daemon's live parts the endpoints read; `scheduler` is None when it is disabled,
+    `worker` when the surface runs without a claim loop (tests of the endpoints alone)."""
 
     settings: Settings
     pool: AsyncConnectionPool
     listener: ListenerState
     scheduler: SchedulerState | None = None
     circuits: Sequence[CircuitState] = ()
+    worker: WorkerState | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,18 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-import psycopg
-
-from core.embedded import start_embedded_server
-from core.logs import configure_logging
-from core.settings import load_settings
-from testkit.bench import scenarios
-from testkit.bench.provider import FakeProviderProcess
 
 SCENARIOS = ("drain", "latency", "slow", "memory", "writers")
 
 
 def machine_info(conninfo: str) -> dict[str, Any]:
+    import psycopg
+
     with psycopg.connect(conninfo) as conn:
         version = conn.execute("SHOW server_version").fetchone()
     return {
@@ -56,6 +51,13 @@ def _cpu_model() -> str:
 )
 def bench(quick: bool, as_json: bool, only: tuple[str, ...], repeat: int) -> None:
     """Measure drain rate, commit-to-provider latency, slow-provider throughput, memory, headroom."""
+    # Imported here: `flavor-worker bench --help` must not load the driver, aiohttp and the rest.
+    from core.embedded import start_embedded_server
+    from core.logs import configure_logging
+    from core.settings import load_settings
+    from testkit.bench import scenarios
+    from testkit.bench.provider import FakeProviderProcess
+
     settings = load_settings()
     configure_logging("WARNING", "console", sys.stderr)
     admin = settings.bench_database_url or start_embedded_server(Path(".data/bench-postgres"))
