@@ -78,6 +78,7 @@ class WorkerCLI(click.Group):
 
     LAZY_COMMANDS: ClassVar[dict[str, str]] = {
         "bench": "testkit.bench.cli:bench",
+        "console": "listener.http.console.command:console",
         "jobs": "listener.jobs_command:jobs",
     }
 
