@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-slow lint bench clean
 
 # The benchmark runs from an install like a dyno's: the runtime dependencies, plus the test kit
 # (fake providers and the bench itself, a distribution of its own: testkit/pyproject.toml).
@@ -27,6 +27,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -q
+
+## The minutes-long tests only (the console's pages on a 1,000,000-event ledger); .ci/run runs them.
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -s -m slow --run-slow
 
 $(BENCH_STAMP): pyproject.toml testkit/pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from listener.http.console.auth import hash_password
+from listener.http.console.store import SCAN_LIMIT
 from testkit.fake_providers import FakeProviders, Reply
 from tests.appdata import add_party, events
 from tests.consoleharness import PASSWORD, audit_rows, csrf_of, sign_in, signed_in_csrf
@@ -144,6 +145,7 @@ async def _pages(client, event_ids: list[int], reference: str) -> dict[str, str]
         f"/console/find?q={reference}",
         "/console/find?q=ANN@example.com",
         "/console/find?q=0400%20000%20002",
+        "/console/find?q=0400000002",
         "/console/find?q=%2B61400000003",
         "/console/retry?channel=whatsapp",
     ]
@@ -188,6 +190,7 @@ async def test_pages_mask_recipients_and_never_show_an_otp_code(
     phone_page = pages["/console/find?q=0400%20000%20002"]
     assert "+61******002" in phone_page and "21211" in phone_page
     assert "+61******002" in pages["/console/failures"]
+    assert "+61******002" in pages["/console/find?q=0400000002"]  # a phone, not event 400000002
     assert "booking.created" in pages[f"/console/find?q={reference}"]
 
 
@@ -271,6 +274,30 @@ async def test_failures_are_paged_by_keyset_without_gaps_or_repeats(
         while path:
             text = (await live.client.get(path)).text
             seen += [int(i) for i in re.findall(r'<tr data-delivery="(\d+)"', text)]
-            more = re.search(r'<a href="([^"]+)">Older', text)
+            more = re.search(r'<a href="([^"]+)">(?:Older|Look further back)', text)
             path = more.group(1).replace("&amp;", "&") if more else None
     assert seen == [row[0] for row in expected] and len(seen) == 130
+
+
+async def test_a_page_looks_through_a_bounded_walk_then_offers_to_look_further(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    db.execute("INSERT INTO worker.events (kind, status) VALUES ('booking.created', 'done')")
+    # One old refused WhatsApp message, behind more skipped emails than a page looks through.
+    db.execute(
+        "INSERT INTO worker.deliveries (event_id, channel, recipient, status, error_code, created_at)"
+        " VALUES (1, 'whatsapp', '+61400000002', 'failed', '21211', now() - interval '1 day')"
+    )
+    db.execute(
+        "INSERT INTO worker.deliveries (event_id, channel, recipient, status, error_code)"
+        " SELECT 1, 'email', 'u' || g || '@example.com', 'skipped', 'opted_out'"
+        " FROM generate_series(1, %s) g",
+        (SCAN_LIMIT + 10,),
+    )
+    async with live_surface(db_url, console_password=PASSWORD) as live:
+        await signed_in_csrf(live.client)
+        first = (await live.client.get("/console/failures?channel=whatsapp")).text
+        assert "+61******002" not in first and "Looked through the 5,000 most recent" in first
+        further = re.search(r'<a href="([^"]+)">Look further back', first).group(1).replace("&amp;", "&")
+        second = (await live.client.get(further)).text
+    assert "21211" in second and "+61******002" in second and "Look further back" not in second

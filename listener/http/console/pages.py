@@ -20,7 +20,7 @@ from handlers.phones import to_e164
 from handlers.routing import ROUTES
 from listener.http.console.guard import PREFIX, render, signed_in
 from listener.http.console.masking import mask_recipient
-from listener.http.console.store import PAGE_SIZE, RETRY_LIMIT, Cursor, ProblemFilter
+from listener.http.console.store import PAGE_SIZE, RETRY_LIMIT, SCAN_LIMIT, Cursor, ProblemFilter
 
 if TYPE_CHECKING:
     from listener.http.console.app import Console
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 CHANNELS = ("whatsapp", "email", "in_app")
-_EVENT_ID = re.compile(r"#?(\d{1,12})")
+#: `#42`, or a bare number of at most 9 digits without a leading 0 (a phone number has more, or a 0).
+_EVENT_ID = re.compile(r"#(\d{1,18})|([1-9]\d{0,8})")
 _PHONE_LIKE = re.compile(r"(?:whatsapp:)?\+?[\d\s().-]{8,}")
 
 
@@ -86,7 +87,7 @@ async def find(request: Request, console: Console, session: str) -> Response:
     if not query:
         return render(request, "find.html", session, **context)
     if match := _EVENT_ID.fullmatch(query):
-        event_id = int(match.group(1))
+        event_id = int(match.group(1) or match.group(2))
         if await console.store.event_exists(event_id):
             return RedirectResponse(f"{PREFIX}/events/{event_id}", 303)
         return render(
@@ -171,16 +172,17 @@ async def failures(request: Request, console: Console, session: str) -> Response
         cursor = Cursor.decode(after) if after else None
     except (BadRequest, ValueError) as exc:
         return _bad_request(BadRequest(str(exc)))
-    rows = await console.store.problems(problem_filter, cursor)
+    page = await console.store.problems(problem_filter, cursor)
     next_link = None
-    if len(rows) == PAGE_SIZE:
-        last = Cursor(rows[-1]["created_at"], rows[-1]["id"])
-        next_link = f"{PREFIX}/failures?" + urlencode({**problem_filter.query(), "after": last.encode()})
+    if page.next is not None:
+        next_link = f"{PREFIX}/failures?" + urlencode({**problem_filter.query(), "after": page.next.encode()})
     return render(
         request,
         "failures.html",
         session,
-        rows=rows,
+        rows=page.rows,
+        walked_to=page.walked_to,
+        scan_limit=SCAN_LIMIT,
         f=problem_filter,
         kinds=list(ROUTES),
         channels=CHANNELS,
@@ -241,8 +243,8 @@ async def _retry_targets(console: Console, params: Mapping[str, Any]) -> tuple[l
             raise BadRequest("not an event id")
         return [int(event)], {"event": int(event)}
     problem_filter = _filter(params)
-    rows = await console.store.problems(problem_filter, failed_only=True, limit=RETRY_LIMIT)
-    return sorted({row["event_id"] for row in rows}), {"filter": problem_filter.query()}
+    page = await console.store.problems(problem_filter, failed_only=True, limit=RETRY_LIMIT)
+    return sorted({row["event_id"] for row in page.rows}), {"filter": problem_filter.query()}
 
 
 @signed_in
@@ -264,6 +266,7 @@ async def confirm_retry(request: Request, console: Console, session: str) -> Res
         what=what,
         failed=failed,
         limit=RETRY_LIMIT,
+        scan_limit=SCAN_LIMIT,
         fields=dict(request.query_params),
     )
 

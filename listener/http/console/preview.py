@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from core.redaction import REDACTED, mask_text
@@ -23,6 +24,8 @@ from handlers.contract import DeliveryRecord, Event, PermanentDeliveryError
 from handlers.delivery import DeliveryScope, Dispatcher, Message, delivering
 from handlers.router import SENDERS, NotificationRouter
 from listener.http.console.masking import mask_recipient
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,9 @@ class Previewer:
                 await sender(event, dataclasses.replace(data, ledger=frozenset()))
             except PermanentDeliveryError as exc:
                 return Preview([], mask_text(str(exc)))
+            except Exception as exc:  # a row the templates cannot take must not break the page
+                log.warning("console.preview_failed", event_id=event.id, error=type(exc).__name__)
+                return Preview([], f"rendering failed ({type(exc).__name__})")
         if not scope.kept:
             return Preview([], "no message would be sent now (skipped or no recipient)")
         return Preview([_shown(message) for message in scope.kept])

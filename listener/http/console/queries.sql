@@ -90,34 +90,48 @@ ORDER BY d.id DESC
 LIMIT %(limit)s;
 
 -- name: problems
--- Failed, skipped and undelivered deliveries (only failed ones with %(failed_only)s), newest
--- first, filtered by kind, channel, reason (error code) and a time range, a page after the
--- keyset cursor (%(before_at)s, %(before_id)s). The page is picked from the index alone (its
--- INCLUDE columns answer every filter but the kind, which costs one event lookup a candidate);
--- only the rows shown are read from the table. The status list is the index predicate, written
+-- Failed, skipped and undelivered deliveries (only failed ones with %(failed_only)s) matching
+-- kind, channel and reason, newest first, among the next %(scan_limit)s problem rows of the time
+-- range after the keyset cursor (%(before_at)s, %(before_id)s). The walk reads the index alone
+-- (its INCLUDE columns answer every filter but the kind, which costs one event lookup a
+-- candidate) and its rows come out in order, so the page stops at %(limit)s matches; bounding
+-- the walk bounds the page's time when a filter matches little (`problems_frontier` says where
+-- the walk stopped, to continue from there). The status list is the index predicate, written
 -- out so that the planner sees the query implies it.
-WITH page AS (
-    SELECT d.id
-    FROM worker.deliveries d
-    WHERE d.status IN ('failed', 'skipped', 'undelivered')
-      AND (NOT %(failed_only)s::boolean OR d.status = 'failed')
-      AND (%(channel)s::text IS NULL OR d.channel = %(channel)s::text)
-      AND (%(reason)s::text IS NULL OR d.error_code = %(reason)s::text)
-      AND (%(kind)s::text IS NULL OR EXISTS (
-              SELECT 1 FROM worker.events k WHERE k.id = d.event_id AND k.kind = %(kind)s::text))
-      AND d.created_at >= %(since)s::timestamptz
-      AND d.created_at < %(until)s::timestamptz
-      AND (d.created_at, d.id) < (%(before_at)s::timestamptz, %(before_id)s::bigint)
-    ORDER BY d.created_at DESC, d.id DESC
-    LIMIT %(limit)s
-)
 SELECT d.id, d.event_id, e.kind, e.status AS event_status, d.channel, d.recipient,
        d.recipient_role, d.template, d.status, d.error_code, d.error_message, d.attempts,
        d.created_at
-FROM page
-JOIN worker.deliveries d ON d.id = page.id
+FROM (
+    SELECT w.id, w.created_at, w.event_id, w.channel, w.error_code, w.status
+    FROM worker.deliveries w
+    WHERE w.status IN ('failed', 'skipped', 'undelivered')
+      AND w.created_at >= %(since)s::timestamptz
+      AND w.created_at < %(until)s::timestamptz
+      AND (w.created_at, w.id) < (%(before_at)s::timestamptz, %(before_id)s::bigint)
+    ORDER BY w.created_at DESC, w.id DESC
+    LIMIT %(scan_limit)s
+) walked
+JOIN worker.deliveries d ON d.id = walked.id
 JOIN worker.events e ON e.id = d.event_id
-ORDER BY d.created_at DESC, d.id DESC;
+WHERE (NOT %(failed_only)s::boolean OR walked.status = 'failed')
+  AND (%(channel)s::text IS NULL OR walked.channel = %(channel)s::text)
+  AND (%(reason)s::text IS NULL OR walked.error_code = %(reason)s::text)
+  AND (%(kind)s::text IS NULL OR e.kind = %(kind)s::text)
+ORDER BY walked.created_at DESC, walked.id DESC
+LIMIT %(limit)s;
+
+-- name: problems_frontier
+-- Where the walk of `problems` (the same rows, the same order) stopped: its %(scan_limit)s-th
+-- row, or none when the time range had fewer problem rows left.
+SELECT w.created_at, w.id
+FROM worker.deliveries w
+WHERE w.status IN ('failed', 'skipped', 'undelivered')
+  AND w.created_at >= %(since)s::timestamptz
+  AND w.created_at < %(until)s::timestamptz
+  AND (w.created_at, w.id) < (%(before_at)s::timestamptz, %(before_id)s::bigint)
+ORDER BY w.created_at DESC, w.id DESC
+OFFSET %(scan_limit)s - 1
+LIMIT 1;
 
 -- name: notify_retry
 -- Ring the workers' doorbell after requeueing (as `flavor-worker events retry` does).

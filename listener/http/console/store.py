@@ -22,6 +22,10 @@ QUERIES = load_queries(Path(__file__).with_name("queries.sql"))
 RETRY_LIMIT = 1000
 #: Rows on one page of a list.
 PAGE_SIZE = 50
+#: Problem rows one page of the failures list looks through at most (index-only, newest first),
+#: whatever its filter: a filter matching little then costs a bounded time, not the ledger's
+#: size, and the page offers to look further back from where it stopped.
+SCAN_LIMIT = 5000
 _FAR_FUTURE = "infinity"
 _FAR_PAST = "-infinity"
 
@@ -72,6 +76,15 @@ class Cursor:
 
 
 @dataclass(frozen=True, slots=True)
+class ProblemPage:
+    rows: list[dict[str, Any]]
+    #: Where the next page starts; None at the end.
+    next: Cursor | None
+    #: Set when the page is short because its walk stopped (SCAN_LIMIT): the time it reached.
+    walked_to: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Overview:
     event_counts: list[dict[str, Any]]
     channel_problems: list[dict[str, Any]]
@@ -87,17 +100,8 @@ class ConsoleStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
 
-    async def _rows(
-        self, name: str, params: dict[str, Any] | None = None, *, walk_in_order: bool = False
-    ) -> list[dict[str, Any]]:
-        async with self.pool.connection() as conn, conn.transaction():
-            if walk_in_order:
-                # A filtered page's one plan with a bounded cost walks deliveries_problems_idx in
-                # order until the page is full. With a selective-looking filter the planner would
-                # rather combine bitmaps of every matching row (one of them a scan of the whole
-                # ledger's unique index for `channel`) and sort: 20 ms at 150,000 ledger rows, a
-                # time that grows with the ledger.
-                await conn.execute("SET LOCAL enable_bitmapscan = off")
+    async def _rows(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(QUERIES[name], params, prepare=False)
             return await cur.fetchall()
@@ -147,15 +151,24 @@ class ConsoleStore:
         *,
         failed_only: bool = False,
         limit: int = PAGE_SIZE,
-    ) -> list[dict[str, Any]]:
+    ) -> ProblemPage:
+        """Up to `limit` matching rows among the next SCAN_LIMIT problem rows after `cursor`."""
         params = {
             **problem_filter.params(),
             "failed_only": failed_only,
             "before_at": cursor.created_at if cursor else _FAR_FUTURE,
             "before_id": cursor.id if cursor else 0,
             "limit": limit,
+            "scan_limit": SCAN_LIMIT,
         }
-        return await self._rows("problems", params, walk_in_order=True)
+        rows = await self._rows("problems", params)
+        if len(rows) == limit:
+            return ProblemPage(rows, Cursor(rows[-1]["created_at"], rows[-1]["id"]), walked_to=None)
+        frontier = await self._one("problems_frontier", params)
+        if frontier is None:  # the walk reached the end of the time range: nothing further back
+            return ProblemPage(rows, None, walked_to=None)
+        edge = Cursor(frontier["created_at"], frontier["id"])
+        return ProblemPage(rows, edge, walked_to=edge.created_at)
 
     async def retry(self, event_ids: list[int], session_id: str, details: dict[str, Any]) -> list[int]:
         """Requeue these events (the CLI's `events retry` query, once each) and write the audit
