@@ -20,6 +20,12 @@
 -- create them by hand first with CREATE INDEX CONCURRENTLY under the same names; IF NOT EXISTS
 -- then leaves them alone.
 
+-- The overview's open and failed events per kind, counted from the index alone (a bitmap heap
+-- scan of 16,000 open or failed rows scattered over 1,000,000 events took 120 to 270 ms). Partial:
+-- finished events (nearly all of them) are not in it.
+CREATE INDEX IF NOT EXISTS events_open_kind_idx ON worker.events (status, kind)
+    WHERE status IN ('pending', 'processing', 'failed');
+
 -- Find by booking reference: every event of one subject, newest first.
 CREATE INDEX IF NOT EXISTS events_subject_idx ON worker.events (subject_id, id);
 

@@ -84,10 +84,15 @@ async def test_an_operator_finds_a_failed_delivery_and_retries_it_until_sent(
     booking, _, _ = add_party(db)
     walk(db, booking, ["approved", "deposit_uploaded", "deposit_verified"])
     reference = db.execute("SELECT reference FROM bookings WHERE id = %s", (booking,)).fetchone()[0]
+    # An OTP event whose code is gone by the time it is handled fails (the overview counts it).
+    db.execute(
+        "INSERT INTO worker.events (kind, subject_id, payload) VALUES ('otp.created', 'otp:gone',"
+        " jsonb_build_object('otp_id', gen_random_uuid(), 'purpose', 'login'))"
+    )
     fake.reject("twilio", CLIENT_WA, Reply(400, code=21211))  # the provider refuses the client, at first
     settings = provider_settings(db_url, fake, console_password=PASSWORD)
     async with running_router(settings) as worker, serving(settings) as base:
-        await wait_finished(db, 4)
+        await wait_finished(db, 5)
         await run_job_now(worker.pool, settings, "all")  # a job run for the overview to show
         verified = next(e["id"] for e in events(db) if e["kind"] == "booking.deposit_verified")
         async with async_api.async_playwright() as playwright:
@@ -99,6 +104,8 @@ async def test_an_operator_finds_a_failed_delivery_and_retries_it_until_sent(
                 await page.get_by_label("Password").fill(PASSWORD)
                 await page.get_by_role("button", name="Sign in").click()
                 await expect(page.get_by_role("heading", name="Events per kind")).to_be_visible()
+                otp = page.locator("#overview tr", has_text="otp.created")
+                await expect(otp.locator("td.num").last).to_have_text("1")  # failed
                 # Three refused WhatsApp messages in the last 24 hours (their events are done).
                 whatsapp = page.locator("#overview tr", has_text="whatsapp")
                 await expect(whatsapp.locator("td.num").first).to_have_text("3")

@@ -19,7 +19,6 @@ import psycopg
 import pytest
 
 from listener.http.console.store import QUERIES, RETRY_LIMIT, SCAN_LIMIT
-from listener.queries import QUERIES as WORKER_QUERIES
 from tests.consoleharness import PASSWORD, signed_in_csrf
 from tests.httpapp import live_surface
 
@@ -115,7 +114,7 @@ def page_queries(conn: psycopg.Connection) -> dict[str, tuple[str, dict[str, Any
     queries |= {
         "overview: events per kind": (QUERIES["event_counts"], {}),
         "overview: channels": (QUERIES["channel_problems"], {}),
-        "overview: oldest pending": (WORKER_QUERIES["queue_stats"], {}),
+        "overview: oldest pending": (QUERIES["oldest_pending"], {}),
         "overview: jobs": (QUERIES["last_job_runs"], {}),
         "find: booking": (QUERIES["events_of_booking"], {"reference": "FE-777"}),
         "find: event id": (QUERIES["event_exists"], {"id": failed_event}),

@@ -53,7 +53,8 @@ async def _overview_context(console: Console) -> dict[str, Any]:
         "channels": {
             channel: _pivot(data.channel_problems, "channel").get(channel, {}) for channel in CHANNELS
         },
-        "queue": data.queue,
+        "pending": sum(row["n"] for row in data.event_counts if row["status"] == "pending"),
+        "oldest": data.oldest_pending,
         "job_runs": data.job_runs,
         "workers": data.workers,
         "stale_after": console.settings.stale_after_seconds,

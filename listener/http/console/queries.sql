@@ -5,17 +5,20 @@
 -- one place the console adapts.
 
 -- name: event_counts
--- Open and failed events per kind; each arm implies one partial index of sql/001 (an IN list
--- would imply none of them).
-SELECT kind, status, count(*) AS n FROM (
-    SELECT kind, status FROM worker.events WHERE status = 'pending'
-    UNION ALL
-    SELECT kind, status FROM worker.events WHERE status = 'processing'
-    UNION ALL
-    SELECT kind, status FROM worker.events WHERE status = 'failed'
-) open_or_failed
+-- Open and failed events per kind, counted in events_open_kind_idx alone (sql/007).
+SELECT kind, status, count(*) AS n
+FROM worker.events
+WHERE status IN ('pending', 'processing', 'failed')
 GROUP BY kind, status
 ORDER BY kind, status;
+
+-- name: oldest_pending
+-- The oldest pending event (due or waiting for its retry), first in events_pending_idx.
+SELECT id, kind, created_at, extract(epoch FROM now() - created_at)::float8 AS age_seconds
+FROM worker.events
+WHERE status = 'pending'
+ORDER BY id
+LIMIT 1;
 
 -- name: channel_problems
 -- Failed, skipped and undelivered ledger rows per channel, written in the last 24 hours.

@@ -13,7 +13,6 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from core.queries import load_queries
-from listener.http.surface import QueueStats, read_queue_stats
 from listener.queries import QUERIES as WORKER_QUERIES
 
 QUERIES = load_queries(Path(__file__).with_name("queries.sql"))
@@ -88,7 +87,8 @@ class ProblemPage:
 class Overview:
     event_counts: list[dict[str, Any]]
     channel_problems: list[dict[str, Any]]
-    queue: QueueStats
+    #: The oldest pending event (id, kind, created_at, age_seconds), or None.
+    oldest_pending: dict[str, Any] | None
     job_runs: list[dict[str, Any]]
     workers: list[dict[str, Any]]
 
@@ -114,7 +114,7 @@ class ConsoleStore:
         return Overview(
             event_counts=await self._rows("event_counts"),
             channel_problems=await self._rows("channel_problems"),
-            queue=await read_queue_stats(self.pool),
+            oldest_pending=await self._one("oldest_pending", {}),
             job_runs=await self._rows("last_job_runs"),
             workers=await self._rows("workers"),
         )
