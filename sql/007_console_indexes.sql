@@ -4,17 +4,17 @@
 -- worker.deliveries (a sequential scan of 3,000,000 ledger rows is about a second; the console
 -- promises 100 ms a page). tests/test_console_plans.py fails on a sequential scan of either table.
 --
--- What they cost the write path, measured on PostgreSQL 15 (2-core VM, bulk statements over
--- 200,000 events and 600,000 ledger rows, three runs each, without -> with these indexes):
---   insert events            1.66 s -> 2.06 s   (+2 us an event)
---   claim (-> processing)    2.0-2.9 s -> 2.5-2.9 s
---   complete (-> done)       1.40 s -> 2.00-2.50 s   (+4 us an event: a status change is never a
---                            HOT update, since status is in the partial indexes' predicates, so
---                            every full index of the table gets an entry on each change)
---   insert ledger rows       2.1-2.7 s -> 3.9 s  (+2.5 us a row)
--- about 14 us of database time per event over its life with three deliveries: 1.4 % of one core
--- at 1,000 events a second. Only the subject index is a full index of the events table; the
--- ledger's problem index is partial (failed, skipped, undelivered rows only).
+-- What they cost the write path, measured with bulk statements over 200,000 events and
+-- 600,000 ledger rows (insert the events; claim all; complete all; insert the ledger rows),
+-- total time without -> with these indexes, PostgreSQL 15 on a 2-core VM shared with other test
+-- suites (load average 6 to 8, so the spread is wide): 13.7 and 16.3 s -> 28.5 and 32.7 s in the
+-- quieter of two rounds (29.9 s -> 39.3 and 40.9 s in the other): about 75 us more database time
+-- per event over its life with three deliveries, on that loaded machine. (An earlier, quieter
+-- measurement of the first version, without events_open_kind_idx and the INCLUDE columns: 39 ->
+-- 53 us an event.) A status change is never a HOT update (status is in the partial indexes'
+-- predicates), so each change of an event adds an entry to events_subject_idx, and to
+-- events_open_kind_idx while the event is open; finished events and delivered ledger rows stay
+-- out of the partial indexes. `make bench` was not rerun with them.
 --
 -- Created without CONCURRENTLY (a migration runs in a transaction): on a large live ledger,
 -- create them by hand first with CREATE INDEX CONCURRENTLY under the same names; IF NOT EXISTS
