@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from core.metrics import METRICS
 from listener.http.console.auth import hash_password
 from listener.http.console.store import SCAN_LIMIT
 from testkit.fake_providers import FakeProviders, Reply
@@ -301,3 +302,35 @@ async def test_a_page_looks_through_a_bounded_walk_then_offers_to_look_further(
         further = re.search(r'<a href="([^"]+)">Look further back', first).group(1).replace("&amp;", "&")
         second = (await live.client.get(further)).text
     assert "21211" in second and "+61******002" in second and "Look further back" not in second
+
+
+async def test_rendering_an_event_again_sends_writes_and_counts_nothing(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    booking, _, _ = add_party(db)
+    with db.transaction():  # the booking becomes confirmed without an event of its own
+        db.execute("SET LOCAL flavor_worker.silence = 'on'")
+        db.execute("UPDATE bookings SET status = 'deposit_verified' WHERE id = %s", (booking,))
+    event_id = db.execute(
+        "INSERT INTO worker.events (kind, subject_id, payload, status) VALUES ('booking.reminder_due',"
+        " %s, jsonb_build_object('booking_id', %s::uuid, 'hours_until_event', 24), 'done') RETURNING id",
+        (booking, booking),
+    ).fetchone()[0]
+
+    def counted() -> float:
+        return sum(
+            METRICS.registry.get_sample_value("flavor_deliveries_total", {"channel": c, "status": s}) or 0
+            for c in ("whatsapp", "email", "in_app")
+            for s in ("sent", "simulated", "skipped", "failed")
+        )
+
+    before = counted()
+    async with live_surface(db_url, console_password=PASSWORD) as live:
+        await signed_in_csrf(live.client)
+        page = (await live.client.get(f"/console/events/{event_id}")).text
+    # The six messages of a reminder, in-app ones included, are shown ...
+    assert page.count('<article class="message">') == 6 and "in_app" in page
+    # ... and none was sent, written to the app's notifications, or counted in the metrics.
+    assert db.execute("SELECT count(*) FROM notifications").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM worker.deliveries").fetchone()[0] == 0
+    assert counted() == before
