@@ -31,6 +31,8 @@ CHANNELS = ("whatsapp", "email", "in_app")
 #: `#42`, or a bare number of at most 9 digits without a leading 0 (a phone number has more, or a 0).
 _EVENT_ID = re.compile(r"#(\d{1,18})|([1-9]\d{0,8})")
 _PHONE_LIKE = re.compile(r"(?:whatsapp:)?\+?[\d\s().-]{8,}")
+#: What a retry confirmation passes on to its form: one event, or a filter.
+_RETRY_FIELDS = ("event", "kind", "channel", "reason", "since", "until")
 
 
 class BadRequest(ValueError):
@@ -48,11 +50,10 @@ def _pivot(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, int]]:
 
 async def _overview_context(console: Console) -> dict[str, Any]:
     data = await console.store.overview()
+    channels = _pivot(data.channel_problems, "channel")
     return {
         "kinds": _pivot(data.event_counts, "kind"),
-        "channels": {
-            channel: _pivot(data.channel_problems, "channel").get(channel, {}) for channel in CHANNELS
-        },
+        "channels": {channel: channels.get(channel, {}) for channel in CHANNELS},
         "pending": sum(row["n"] for row in data.event_counts if row["status"] == "pending"),
         "oldest": data.oldest_pending,
         "job_runs": data.job_runs,
@@ -171,7 +172,7 @@ async def failures(request: Request, console: Console, session: str) -> Response
         problem_filter = _filter(request.query_params)
         after = request.query_params.get("after")
         cursor = Cursor.decode(after) if after else None
-    except (BadRequest, ValueError) as exc:
+    except ValueError as exc:  # a BadRequest, or a cursor that is not one
         return _bad_request(BadRequest(str(exc)))
     page = await console.store.problems(problem_filter, cursor)
     next_link = None
@@ -240,7 +241,7 @@ async def _retry_targets(console: Console, params: Mapping[str, Any]) -> tuple[l
     """The events a retry request means, and what the audit row says it was."""
     event = str(params.get("event") or "")
     if event:
-        if not event.isdigit():
+        if not event.isdigit() or len(event) > 18:
             raise BadRequest("not an event id")
         return [int(event)], {"event": int(event)}
     problem_filter = _filter(params)
@@ -268,7 +269,7 @@ async def confirm_retry(request: Request, console: Console, session: str) -> Res
         failed=failed,
         limit=RETRY_LIMIT,
         scan_limit=SCAN_LIMIT,
-        fields=dict(request.query_params),
+        fields={key: value for key, value in request.query_params.items() if key in _RETRY_FIELDS},
     )
 
 
