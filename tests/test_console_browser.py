@@ -104,8 +104,9 @@ async def test_an_operator_finds_a_failed_delivery_and_retries_it_until_sent(
                 await page.get_by_label("Password").fill(PASSWORD)
                 await page.get_by_role("button", name="Sign in").click()
                 await expect(page.get_by_role("heading", name="Events per kind")).to_be_visible()
-                otp = page.locator("#overview tr", has_text="otp.created")
+                otp = page.locator("#overview tr", has_text="otp.created").first
                 await expect(otp.locator("td.num").last).to_have_text("1")  # failed
+                await expect(page.locator("#overview")).to_contain_text("otp code not found")
                 # Three refused WhatsApp messages in the last 24 hours (their events are done).
                 whatsapp = page.locator("#overview tr", has_text="whatsapp")
                 await expect(whatsapp.locator("td.num").first).to_have_text("3")

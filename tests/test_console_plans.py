@@ -114,6 +114,7 @@ def page_queries(conn: psycopg.Connection) -> dict[str, tuple[str, dict[str, Any
     queries |= {
         "overview: events per kind": (QUERIES["event_counts"], {}),
         "overview: channels": (QUERIES["channel_problems"], {}),
+        "overview: latest failed events": (QUERIES["recent_failed_events"], {}),
         "overview: oldest pending": (QUERIES["oldest_pending"], {}),
         "overview: jobs": (QUERIES["last_job_runs"], {}),
         "find: booking": (QUERIES["events_of_booking"], {"reference": "FE-777"}),

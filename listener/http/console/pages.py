@@ -53,6 +53,7 @@ async def _overview_context(console: Console) -> dict[str, Any]:
     channels = _pivot(data.channel_problems, "channel")
     return {
         "kinds": _pivot(data.event_counts, "kind"),
+        "failed_events": data.failed_events,
         "channels": {channel: channels.get(channel, {}) for channel in CHANNELS},
         "pending": sum(row["n"] for row in data.event_counts if row["status"] == "pending"),
         "oldest": data.oldest_pending,

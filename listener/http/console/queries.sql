@@ -20,6 +20,15 @@ WHERE status = 'pending'
 ORDER BY id
 LIMIT 1;
 
+-- name: recent_failed_events
+-- The latest failed events (events_failed_idx, backwards): a failed event may have no failed
+-- delivery at all (its data was gone, its worker kept crashing), so the failures list misses it.
+SELECT id, kind, attempts, crashes, last_error, finished_at
+FROM worker.events
+WHERE status = 'failed'
+ORDER BY id DESC
+LIMIT 10;
+
 -- name: channel_problems
 -- Failed, skipped and undelivered ledger rows per channel, written in the last 24 hours.
 SELECT channel, status, count(*) AS n

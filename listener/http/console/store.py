@@ -86,6 +86,7 @@ class ProblemPage:
 @dataclass(frozen=True, slots=True)
 class Overview:
     event_counts: list[dict[str, Any]]
+    failed_events: list[dict[str, Any]]
     channel_problems: list[dict[str, Any]]
     #: The oldest pending event (id, kind, created_at, age_seconds), or None.
     oldest_pending: dict[str, Any] | None
@@ -113,6 +114,7 @@ class ConsoleStore:
     async def overview(self) -> Overview:
         return Overview(
             event_counts=await self._rows("event_counts"),
+            failed_events=await self._rows("recent_failed_events"),
             channel_problems=await self._rows("channel_problems"),
             oldest_pending=await self._one("oldest_pending", {}),
             job_runs=await self._rows("last_job_runs"),
