@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from core.metrics import METRICS
-from listener.http.console.auth import hash_password
+from core.settings import Settings
+from listener.http.console.auth import ConsoleAuth, hash_password
 from listener.http.console.store import SCAN_LIMIT
 from testkit.fake_providers import FakeProviders, Reply
 from tests.appdata import add_party, events
@@ -337,3 +338,15 @@ async def test_rendering_an_event_again_sends_writes_and_counts_nothing(
     assert db.execute("SELECT count(*) FROM notifications").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM worker.deliveries").fetchone()[0] == 0
     assert counted() == before
+
+
+def test_a_session_cookie_expires_and_cannot_be_altered_or_moved_to_another_password() -> None:
+    auth = ConsoleAuth(Settings(console_password=PASSWORD, console_session_hours=1))
+    session_id, cookie = auth.new_session(now=1_000_000)
+    assert auth.session_of(cookie, now=1_000_000 + 3599) == session_id
+    assert auth.session_of(cookie, now=1_000_000 + 3601) is None  # expired
+    sid, expires, mac = cookie.split(".")
+    assert auth.session_of(f"{sid}.{int(expires) + 86400}.{mac}", now=1_000_000) is None  # extended
+    assert auth.session_of(f"{'0' * len(sid)}.{expires}.{mac}", now=1_000_000) is None  # another id
+    other = ConsoleAuth(Settings(console_password=PASSWORD + "!"))
+    assert other.session_of(cookie, now=1_000_000) is None  # a new password signs everyone out
