@@ -29,9 +29,11 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -q
 
-## The slow tests: build the wheel, install it alone in a clean venv, use it from elsewhere.
+## The slow tests (minutes): the wheel built and installed alone in a clean venv and used from
+## elsewhere, the fault tests with real processes and outages, the console on a 1,000,000-event
+## ledger. .ci/run runs them.
 test-slow: $(STAMP)
-	$(BIN)/pytest -m slow -q
+	$(BIN)/pytest -m slow -q -n $(PYTEST_WORKERS)
 
 $(BENCH_STAMP): pyproject.toml testkit/pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)

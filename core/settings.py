@@ -223,6 +223,12 @@ class Settings:
     #: A provider circuit open this long makes /healthz answer 503.
     health_max_circuit_open_seconds: PositiveFloat = 600.0
 
+    # --- operator console (/console; closed while neither password setting is set) ----------
+    console_password: str | None = _secret()
+    #: `flavor-worker console --hash-password` prints one; preferred over the plain password.
+    console_password_hash: str | None = _secret()
+    console_session_hours: PositiveFloat = 12.0
+
     def __post_init__(self) -> None:
         self.default_phone_region = self.default_phone_region.upper()
         self.critical_audit_categories = [
@@ -277,7 +283,15 @@ class Settings:
     def secret_values(self) -> list[str]:
         """The configured secrets' values, for the log redaction to mask literally."""
         values = [
-            secret for secret in (self.twilio_auth_token, self.resend_api_key, self.cron_secret) if secret
+            secret
+            for secret in (
+                self.twilio_auth_token,
+                self.resend_api_key,
+                self.cron_secret,
+                self.console_password,
+                self.console_password_hash,
+            )
+            if secret
         ]
         for url in (self.database_url, self.listen_database_url, self.bench_database_url):
             with contextlib.suppress(psycopg.ProgrammingError):  # unparseable: nothing to take

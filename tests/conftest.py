@@ -87,3 +87,4 @@ def spawn_worker(tmp_path: Path) -> Iterator:
     yield spawn
     for proc in started:
         proc.close()
+
