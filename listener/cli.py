@@ -103,7 +103,7 @@ class WorkerCLI(click.Group):
 
     LAZY_COMMANDS: ClassVar[dict[str, tuple[str, str]]] = {
         "bench": ("testkit.bench.cli:bench", "Measure drain rate, latency, slow-provider throughput."),
-        "console": ("listener.http.console.command:console", "Serve the operator console alone."),
+        "console": ("listener.console_command:console", "Serve the operator console alone."),
         "jobs": ("listener.jobs_command:jobs", "Run the scheduled cleanup and reminder jobs by hand."),
     }
 

@@ -7,11 +7,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
 
 from testkit.fake_providers import FakeProviders, worker_env
 from tests.appdata import add_bookings, status_counts
 from tests.processes import WorkerProcess
 from tests.waiting import wait_until
+
+pytestmark = pytest.mark.slow
 
 EMAIL_RATE = 5
 WHATSAPP_RATE = 40

@@ -1,26 +1,20 @@
 """`flavor-worker console`: the operator console alone, for local use (no claim loop, no jobs),
-and `--hash-password` to make a CONSOLE_PASSWORD_HASH value."""
+and `--hash-password` to make a CONSOLE_PASSWORD_HASH value.
+
+The web stack and the settings are imported inside the command, not here: `--help` of every
+command answers in well under a quarter second (tests/test_startup.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from typing import TYPE_CHECKING
 
 import click
-import structlog
-from starlette.applications import Starlette
-from starlette.responses import RedirectResponse
-from starlette.routing import Route
 
-from core.db import create_pool, resolve_database_url
-from core.logs import configure_logging
-from core.settings import CONFIG_ERROR_EXIT, Settings, load_settings
-from listener.http.console.app import console_mount
-from listener.http.console.auth import ConsoleAuth, hash_password
-from listener.http.console.guard import PREFIX
-from listener.http.server import HttpServer
-
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 
 @click.command("console")
@@ -34,6 +28,11 @@ log = structlog.get_logger(__name__)
 )
 def console(host: str, port: int, make_hash: bool) -> None:
     """Serve the operator console (http://HOST:PORT/console/) against DATABASE_URL."""
+    from core.db import resolve_database_url
+    from core.logs import configure_logging
+    from core.settings import CONFIG_ERROR_EXIT, load_settings
+    from listener.http.console.auth import ConsoleAuth, hash_password
+
     if make_hash:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
         click.echo(hash_password(password))
@@ -48,6 +47,16 @@ def console(host: str, port: int, make_hash: bool) -> None:
 
 async def _serve(settings: Settings, conninfo: str, host: str, port: int) -> None:
     """Serve until SIGINT or SIGTERM."""
+    import structlog
+    from starlette.applications import Starlette
+    from starlette.responses import RedirectResponse
+    from starlette.routing import Route
+
+    from core.db import create_pool
+    from listener.http.console.app import console_mount
+    from listener.http.console.guard import PREFIX
+    from listener.http.server import HttpServer
+
     pool = create_pool(conninfo, 4)
     await pool.open()
     app = Starlette(
@@ -63,7 +72,7 @@ async def _serve(settings: Settings, conninfo: str, host: str, port: int) -> Non
         loop.add_signal_handler(signum, stop.set)
     try:
         await server.start()
-        log.info("console.serving", url=f"http://{host}:{server.port}{PREFIX}/")
+        structlog.get_logger(__name__).info("console.serving", url=f"http://{host}:{server.port}{PREFIX}/")
         await stop.wait()
     finally:
         await server.stop()
