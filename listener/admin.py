@@ -6,7 +6,9 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
+from core.settings import Settings
 from listener.queries import QUERIES
 
 
@@ -15,10 +17,17 @@ def list_events(conninfo: str, status: str | None, limit: int) -> list[dict[str,
         return conn.execute(QUERIES["list_events"], {"status": status, "limit": limit}).fetchall()
 
 
-def show_event(conninfo: str, event_id: int) -> dict[str, Any] | None:
-    """The event with its ledger rows, or None when there is no such event."""
+def show_event(conninfo: str, event_id: int, settings: Settings) -> dict[str, Any] | None:
+    """The event with its ledger rows, or None when there is no such event. `run_at` is its next
+    try while it is pending; `deadline` is when its retries end (its kind's deadline, or its
+    own expiry if sooner)."""
     with psycopg.connect(conninfo, row_factory=dict_row) as conn:
-        event = conn.execute(QUERIES["show_event"], {"id": event_id}).fetchone()
+        params = {
+            "id": event_id,
+            "deadlines": Jsonb(settings.event_deadlines),
+            "default_deadline": settings.event_deadline_seconds,
+        }
+        event = conn.execute(QUERIES["show_event"], params).fetchone()
         if event is not None:
             event["deliveries"] = conn.execute(
                 QUERIES["event_deliveries"], {"id": event_id}

@@ -310,7 +310,7 @@ def events_list(app: AppContext, status: str | None, limit: int) -> None:
 @pass_app
 def events_show(app: AppContext, event_id: int) -> None:
     """One event, its payload and its deliveries, as JSON."""
-    event = _admin().show_event(app.conninfo, event_id)
+    event = _admin().show_event(app.conninfo, event_id, app.settings)
     if event is None:
         click.echo(f"no event {event_id}", err=True)
         raise SystemExit(1)

@@ -158,9 +158,12 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: show_event
--- One event with its payload.
+-- One event with its payload, its crash record (sql/008) and when its retries end.
 SELECT id, kind, subject_id, payload, dedup_key, status, attempts, run_at, expires_at,
-       locked_by, locked_at, last_error, created_at, updated_at, finished_at
+       locked_by, locked_at, last_error, created_at, updated_at, finished_at,
+       crashes, solo_crashes, suspect_group,
+       least(expires_at, created_at + make_interval(secs => coalesce(
+           (%(deadlines)s::jsonb ->> kind)::float8, %(default_deadline)s::float8))) AS deadline
 FROM worker.events WHERE id = %(id)s;
 
 -- name: event_deliveries

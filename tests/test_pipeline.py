@@ -7,6 +7,7 @@ contract), not a stand-in for any of our functions: it lets each test choose an 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections import defaultdict
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
+from click.testing import CliRunner
 
 from core.db import create_pool
 from handlers.contract import (
@@ -25,6 +27,7 @@ from handlers.contract import (
     TransientDeliveryError,
 )
 from listener import admin
+from listener.cli import main as cli
 from listener.stream import EventStream
 from listener.worker import Worker
 from tests.appdata import add_booking, add_bookings, add_client, add_performer, events, status_counts
@@ -422,3 +425,23 @@ async def test_heartbeat_keeps_beating_while_the_work_pool_is_exhausted(
         finally:
             for conn in held:
                 await running.pool.putconn(conn)
+
+
+def test_events_show_tells_the_next_try_the_deadline_and_the_crash_record(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    db.execute(
+        "INSERT INTO worker.events (kind, subject_id, run_at, created_at, crashes, suspect_group) VALUES"
+        " ('booking.created', 'b1', '2026-01-01T10:05:00Z', '2026-01-01T10:00:00Z', 1, 2),"
+        " ('booking.reminder_due', 'b2', now(), '2026-01-01T10:00:00Z', 0, NULL)"
+    )
+    db.execute("UPDATE worker.events SET expires_at = '2026-01-01T11:00:00Z' WHERE subject_id = 'b2'")
+    env = {"DATABASE_URL": db_url, "EVENT_DEADLINES": '{"booking.created": 7200}'}
+    shown = [
+        json.loads(CliRunner().invoke(cli, ["events", "show", str(n)], env=env).output) for n in (1, 2)
+    ]
+    created, reminder = shown
+    assert created["run_at"].startswith("2026-01-01T10:05:00")  # its next try
+    assert created["deadline"].startswith("2026-01-01T12:00:00")  # its kind's deadline: 2 h
+    assert (created["crashes"], created["solo_crashes"], created["suspect_group"]) == (1, 0, 2)
+    assert reminder["deadline"].startswith("2026-01-01T11:00:00")  # its own expiry comes first
