@@ -65,20 +65,21 @@ class CircuitBreaker:
         self._verdict = asyncio.Event()  # set when the probe out has been answered
         self._set_gauge()
 
-    async def before_request(self) -> None:
-        """Let the request through, or raise the fast failure of an open circuit."""
+    async def before_request(self) -> bool:
+        """Let the request through (True when it is the probe), or raise the fast failure of an
+        open circuit. A probe must end in `succeeded()`, `failed()` or `probe_abandoned()`."""
         if self.state == "half_open":  # a probe is out: its verdict decides for us too
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._verdict.wait(), self.probe_wait)
         if self.state == "closed":
-            return
+            return False
         now = self.clock()
         if self.state == "open" and now >= self._probe_at:
             self.state = "half_open"  # this request is the probe
             self._verdict = asyncio.Event()
             self._set_gauge()
             log.info("provider.circuit_probe", provider=self.provider)
-            return
+            return True
         wait = max(0.0, self._probe_at - now) if self.state == "open" else self.base_open_seconds
         raise TransientDeliveryError(
             f"{self.provider}: circuit open", code="circuit_open", retry_after=wait, throttled=True
@@ -101,6 +102,15 @@ class CircuitBreaker:
         elif self.state == "closed" and self.failures >= self.failure_threshold:
             self.opened_at = self.clock()
             self._open()
+
+    def probe_abandoned(self) -> None:
+        """The probe never reached the provider (quota, shutdown, cancelled): the next request
+        probes instead, at once, rather than leaving the circuit half-open for good."""
+        if self.state == "half_open":
+            self.state = "open"
+            self._probe_at = self.clock()
+            self._verdict.set()
+            self._set_gauge()
 
     def open_for(self) -> float:
         """Seconds since the current outage began (0 while closed)."""

@@ -405,8 +405,7 @@ class DeliveryScope:
             sent = await transport.send(message)
         except TransientDeliveryError as exc:
             self._claimed.discard(key)
-            if self.transient is None or (exc.retry_after or 0) > (self.transient.retry_after or 0):
-                self.transient = exc
+            self._note_transient(exc)
             _delivery_counter(message.channel, "retry").inc()
             log.warning(
                 "delivery.transient_error",
@@ -422,6 +421,19 @@ class DeliveryScope:
             failed = self._record(message, "failed", error_code=exc.code, error_message=str(exc))
             return self.record(failed, provider=transport.name)
         return self.record(self._record(message, sent.status, provider_message_id=sent.provider_message_id))
+
+    def _note_transient(self, exc: TransientDeliveryError) -> None:
+        """Keep the error the event's retry waits for: the longest Retry-After, and counted as
+        an attempt unless every one of the event's transient errors was a throttle (one real
+        5xx beside an open circuit is still a failed attempt, with its backoff)."""
+        earlier = self.transient
+        chosen = exc if earlier is None or (exc.retry_after or 0) > (earlier.retry_after or 0) else earlier
+        throttled = exc.throttled and (earlier is None or earlier.throttled)
+        if chosen.throttled != throttled:
+            chosen = TransientDeliveryError(
+                str(chosen), retry_after=chosen.retry_after, code=chosen.code, throttled=throttled
+            )
+        self.transient = chosen
 
     def record(self, record: DeliveryRecord, **log_context: Any) -> DeliveryRecord:
         """Keep `record` for the ledger. A message not sent (`failed`, `skipped`) also gets its one

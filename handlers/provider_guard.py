@@ -38,20 +38,30 @@ class ProviderGuard:
 
     async def send(self, message: Message) -> Sent:
         self._refuse_if_stopping()
-        await self.breaker.before_request()
-        await self.limiter.acquire(urgent=message.urgent)
-        self._refuse_if_stopping()
+        probe = await self.breaker.before_request()
+        answered = False
         try:
-            sent = await self.inner.send(message)
-        except TransientDeliveryError as exc:
-            if not exc.throttled:
-                self.breaker.failed()
-            raise
-        except PermanentDeliveryError:
-            self.breaker.succeeded()  # the provider answered: it is up, the message is the problem
-            raise
-        self.breaker.succeeded()
-        return sent
+            await self.limiter.acquire(urgent=message.urgent)
+            self._refuse_if_stopping()
+            try:
+                sent = await self.inner.send(message)
+            except TransientDeliveryError as exc:
+                answered = True
+                if exc.throttled:  # a 429: the provider is up, only busy
+                    self.breaker.succeeded()
+                else:
+                    self.breaker.failed()
+                raise
+            except PermanentDeliveryError:
+                answered = True
+                self.breaker.succeeded()  # the provider answered: it is up, the message is the problem
+                raise
+            answered = True
+            self.breaker.succeeded()
+            return sent
+        finally:
+            if probe and not answered:
+                self.breaker.probe_abandoned()
 
     def _refuse_if_stopping(self) -> None:
         if self._stopping.is_set():

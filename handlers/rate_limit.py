@@ -117,7 +117,7 @@ class SharedRateLimiter:
         params = {"provider": self.provider, "interval": self.interval, "horizon": horizon}
         try:
             async with self.pool.connection() as conn:
-                cur = await conn.execute(TAKE_SLOT, params, prepare=True)
+                cur = await conn.execute(TAKE_SLOT, params)
                 row = await cur.fetchone()
         except psycopg.Error as exc:  # no shared clock, no sending: the event retries later
             raise TransientDeliveryError(

@@ -308,7 +308,7 @@ async def _load(conn: psycopg.AsyncConnection[Any], events: Sequence[Event]) -> 
         "application_ids": [_uuid(event.payload.get("application_id")) for event in events],
     }
     try:
-        cur = await conn.execute(QUERIES["load_event_context"], params, prepare=True)
+        cur = await conn.execute(QUERIES["load_event_context"], params)
         rows = await cur.fetchall()
     except psycopg.DataError as exc:
         if len(events) == 1:

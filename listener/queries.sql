@@ -77,17 +77,24 @@ ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
 -- not be written), did not crash: its events simply go back.
 WITH silent AS (
     SELECT e.locked_by AS worker_id, count(*) AS held,
+           count(*) FILTER (WHERE e.suspect_group IS NOT NULL) AS held_suspects,
            bool_and(w.id IS NOT NULL AND w.heartbeat_at > pg_postmaster_start_time()) AS crashed
     FROM worker.events e
     LEFT JOIN worker.workers w ON w.id = e.locked_by
     WHERE e.status = 'processing'
       AND (w.id IS NULL OR w.heartbeat_at < now() - make_interval(secs => %(stale_seconds)s))
     GROUP BY e.locked_by
-), verdict AS (
-    SELECT e.id, s.worker_id, s.held, s.crashed,
-           s.crashed AND s.held = 1 AND e.solo_crashes + 1 >= %(max_crashes)s AS gives_up
+), crash AS (
+    -- A worker running a group of suspects held only them, but for login codes claimed beside
+    -- (sql/008): then the crash is the group's, and the login codes go back as plain events.
+    SELECT e.id, s.worker_id,
+           CASE WHEN s.held_suspects > 0 THEN s.held_suspects ELSE s.held END AS held,
+           s.crashed AND (s.held_suspects = 0 OR e.suspect_group IS NOT NULL) AS crashed
     FROM worker.events e JOIN silent s ON s.worker_id = e.locked_by
     WHERE e.status = 'processing'
+), verdict AS (
+    SELECT c.*, c.crashed AND c.held = 1 AND e.solo_crashes + 1 >= %(max_crashes)s AS gives_up
+    FROM crash c JOIN worker.events e ON e.id = c.id
 )
 UPDATE worker.events e
 SET status = CASE WHEN v.gives_up THEN 'failed' ELSE 'pending' END,
@@ -95,7 +102,10 @@ SET status = CASE WHEN v.gives_up THEN 'failed' ELSE 'pending' END,
     attempts = greatest(e.attempts - 1, 0),
     crashes = e.crashes + v.crashed::int,
     solo_crashes = e.solo_crashes + (v.crashed AND v.held = 1)::int,
-    suspect_group = CASE WHEN v.crashed THEN greatest(1, (v.held + 1) / 2) ELSE e.suspect_group END,
+    -- Halved, never grown back: a member of a smaller group pulled into a larger one keeps its own.
+    suspect_group = CASE WHEN v.crashed
+                         THEN least(e.suspect_group, greatest(1, (v.held + 1) / 2))::integer
+                         ELSE e.suspect_group END,
     locked_by = NULL, updated_at = now(),
     last_error = CASE WHEN v.gives_up
                       THEN 'gave up: its worker stopped ' || (e.solo_crashes + 1)

@@ -66,6 +66,9 @@ def new_worker_id() -> str:
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+#: How long a closing worker keeps trying to write its last records and outcomes.
+CLOSING_FLUSH_SECONDS = 5.0
+
 #: A ledger record and the id of its event.
 EventRecord = tuple[int, DeliveryRecord]
 
@@ -125,6 +128,7 @@ class Worker:
         self._suspect_waiting = False
         #: Since when (monotonic) our heartbeats have gone through without a gap; None while not.
         self._heard_since: float | None = None
+        self._last_heard: float | None = None
         #: What fails right now ("claims", "outcome writes") and the error's type, for /healthz:
         #: set where the failure is caught, cleared by the next success.
         self.failing: dict[str, str] = {}
@@ -142,15 +146,18 @@ class Worker:
             await self._claim_loop()
             await self._drain()
         finally:
-            heartbeat.cancel()
             sweeper.cancel()
-            # The flusher is not cancelled mid-write: it is told to finish what is buffered.
+            # The flusher is not cancelled mid-write: it is told to finish what is buffered. The
+            # heartbeat goes on meanwhile, or others would take our claims for a dead worker's.
             self._closing = True
             self._flush_needed.set()
-            await asyncio.gather(heartbeat, flusher, sweeper, return_exceptions=True)
-            with contextlib.suppress(psycopg.Error):
-                async with self.pool.connection() as conn:
-                    await conn.execute(QUERIES["unregister_worker"], {"worker_id": self.worker_id})
+            await asyncio.gather(flusher, sweeper, return_exceptions=True)
+            if not self._records and not self._completions:  # else: released as a stopped worker's
+                with contextlib.suppress(psycopg.Error):
+                    async with self.pool.connection() as conn:
+                        await conn.execute(QUERIES["unregister_worker"], {"worker_id": self.worker_id})
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
             await self._close_liveness()
             self._log.info("worker.stopped")
 
@@ -175,7 +182,7 @@ class Worker:
             while not self._stopping.is_set():
                 if not self._solo.isdisjoint(self._inflight):
                     # Suspects run alone, but for login codes: someone waits for those.
-                    await self._claim_urgent_beside_suspects(failures)
+                    await self._claim_urgent_beside_suspects()
                     break
                 self._solo = frozenset()
                 if self._suspect_waiting:
@@ -192,10 +199,8 @@ class Worker:
                 try:
                     claimed = await self._claim(min(free, held_room, self.settings.claim_batch_size))
                     failures = 0
-                    self.failing.pop("claims", None)
                 except psycopg.Error as exc:
                     failures += 1
-                    self.failing["claims"] = type(exc).__name__
                     self._log.warning("worker.claim_failed", error=str(exc), failures=failures)
                     await self._pause(min(5.0, 0.1 * 2**failures))
                     break
@@ -224,11 +229,11 @@ class Worker:
         await self._start(group)
         return True
 
-    async def _claim_urgent_beside_suspects(self, failures: int) -> None:
+    async def _claim_urgent_beside_suspects(self) -> None:
         """While a group of suspects runs alone, login codes still go out (at most a slot's
-        worth; should the worker die now, they are simply part of the group that died)."""
+        worth; should the worker die now, they go back as plain events, not suspects: sql/008)."""
         room = self._max_claimed - self._unhandled
-        if room <= 0 or failures:
+        if room <= 0:
             return
         try:
             urgent = await self._claim(min(room, self.settings.worker_concurrency), urgent=True)
@@ -240,9 +245,14 @@ class Worker:
 
     async def _claim(self, limit: int, suspects: bool = False, urgent: bool = False) -> list[Event]:
         params = {"limit": limit, "worker_id": self.worker_id, "suspects": suspects, "urgent": urgent}
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(QUERIES["claim_batch"], params, prepare=True)
-            rows = await cur.fetchall()
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(QUERIES["claim_batch"], params)
+                rows = await cur.fetchall()
+        except psycopg.Error as exc:
+            self.failing["claims"] = type(exc).__name__  # for /healthz, until a claim succeeds
+            raise
+        self.failing.pop("claims", None)
         events = [Event(*row) for row in rows]
         for kind, count in Counter(event.kind for event in events).items():
             METRICS.events_claimed.labels(kind=kind).inc(count)
@@ -346,12 +356,16 @@ class Worker:
         deadline = event.created_at + timedelta(seconds=self.settings.deadline_seconds(event.kind))
         if event.expires_at is not None:
             deadline = min(deadline, event.expires_at)
-        if datetime.now(UTC) + timedelta(seconds=delay) > deadline:
+        now = datetime.now(UTC)
+        if now >= deadline:
             return None
+        # The last try comes at the deadline itself, not a long backoff before it.
+        delay = min(delay, (deadline - now).total_seconds())
         return Completion(event, "pending", delay=delay, error=str(error), uncounted=error.throttled)
 
     async def _flush_loop(self) -> None:
         failures = 0
+        give_up_at: float | None = None
         while True:
             await self._flush_needed.wait()
             self._flush_needed.clear()
@@ -359,10 +373,15 @@ class Worker:
                 failures = 0
             else:
                 failures += 1
-                if self._closing and failures >= 3:
-                    # Unwritten outcomes stay `processing` under our id; another worker's
-                    # heartbeat returns them to pending once ours stops.
-                    return
+                if self._closing:
+                    # A database blip at shutdown: keep trying for a few seconds (a record not
+                    # written is a message that may go out twice), then leave what is left
+                    # `processing` under our id, for another worker to release.
+                    give_up_at = give_up_at or time.monotonic() + CLOSING_FLUSH_SECONDS
+                    if time.monotonic() >= give_up_at:
+                        self._log.error("worker.unwritten_at_exit", records=len(self._records),
+                                        outcomes=len(self._completions))
+                        return
                 await asyncio.sleep(min(5.0, 0.2 * 2**failures))
                 self._flush_needed.set()
             if self._closing and not self._completions:
@@ -423,7 +442,7 @@ class Worker:
     async def _write(self, batch: list[Completion], records: list[EventRecord]) -> None:
         params = _completion_params(batch, records, self.worker_id)
         async with self.pool.connection() as conn:
-            await conn.execute(QUERIES["complete_events"], params, prepare=True)
+            await conn.execute(QUERIES["complete_events"], params)
 
     async def _callback_sweep_loop(self) -> None:
         """Apply provider status callbacks that arrived while their ledger row was being written
@@ -468,20 +487,28 @@ class Worker:
         release = {**stale, "max_crashes": self.settings.max_crashes}
         released: list[tuple[Any, ...]] = []
         try:
-            conn = await self._liveness_connection()
-            await conn.execute(QUERIES["heartbeat"], params)  # committed first, on its own
-            now = time.monotonic()
-            self._heard_since = self._heard_since or now
-            # Only a worker that has heard the database for a whole stale period may call
-            # another silent: after an outage everyone saw, the others need as long to come back.
-            if now - self._heard_since >= self.settings.stale_after_seconds:
-                released = await (await conn.execute(QUERIES["release_dead_claims"], release)).fetchall()
-            expired = await (await conn.execute(QUERIES["expire_pending"])).fetchall()
-            await conn.execute(QUERIES["forget_dead_workers"], stale)
-            waiting = await (await conn.execute(QUERIES["suspects_waiting"])).fetchone()
-        except psycopg.Error as exc:
+            # A heartbeat that hangs (a partition, a pooler queueing during an outage) is a failed
+            # one: it must not complete late and judge others as if it had heard all along.
+            async with asyncio.timeout(self.settings.stale_after_seconds / 2):
+                conn = await self._liveness_connection()
+                await conn.execute(QUERIES["heartbeat"], params)  # committed first, on its own
+                now = time.monotonic()
+                gap = now - (self._last_heard or now)
+                if self._heard_since is None or gap > self.settings.stale_after_seconds / 2:
+                    self._heard_since = now  # heard again after a silence: start counting anew
+                self._last_heard = now
+                # Only a worker that has heard the database for a whole stale period may call
+                # another silent: after an outage everyone saw, the others need as long to return.
+                if now - self._heard_since >= self.settings.stale_after_seconds:
+                    released = await (
+                        await conn.execute(QUERIES["release_dead_claims"], release)
+                    ).fetchall()
+                expired = await (await conn.execute(QUERIES["expire_pending"])).fetchall()
+                await conn.execute(QUERIES["forget_dead_workers"], stale)
+                waiting = await (await conn.execute(QUERIES["suspects_waiting"])).fetchone()
+        except (psycopg.Error, TimeoutError) as exc:
             if log_errors:
-                self._log.warning("worker.heartbeat_failed", error=str(exc))
+                self._log.warning("worker.heartbeat_failed", error=str(exc) or type(exc).__name__)
             self._heard_since = None
             await self._close_liveness()
             return

@@ -11,6 +11,10 @@
 -- the bystanders go out in the groups that finish.
 --
 -- `crashes` keeps counting every release from a dead worker, as the previous version reads it.
+--
+-- The two indexes are built inside this migration's transaction, which holds worker.events for
+-- that long; on a large outbox, build them first with CREATE INDEX CONCURRENTLY under the same
+-- names (IF NOT EXISTS then leaves them alone).
 
 ALTER TABLE worker.events ADD COLUMN suspect_group integer;
 ALTER TABLE worker.events ADD COLUMN solo_crashes integer NOT NULL DEFAULT 0;
@@ -24,14 +28,14 @@ COMMENT ON COLUMN worker.events.solo_crashes IS
 -- Suspects freed by the previous version ran one at a time: so they still do.
 UPDATE worker.events SET suspect_group = 1 WHERE status = 'pending' AND crashes > 0;
 
-CREATE INDEX events_suspect_group_idx ON worker.events (id)
+CREATE INDEX IF NOT EXISTS events_suspect_group_idx ON worker.events (id)
     WHERE status = 'pending' AND suspect_group IS NOT NULL;
 
 -- Login codes first: someone is waiting at a login screen, while most events can wait a
 -- second. The claim takes due `otp.created` events before any other (through their own small
 -- index, so looking costs nothing when there are none), and a worker running a group of
 -- suspects alone still claims them (urgent_only): a recovery must not hold up a login.
-CREATE INDEX events_pending_urgent_idx ON worker.events (id)
+CREATE INDEX IF NOT EXISTS events_pending_urgent_idx ON worker.events (id)
     WHERE status = 'pending' AND kind = 'otp.created';
 
 -- The claim of sql/006, with login codes first and suspects picked by group. The previous
@@ -78,6 +82,9 @@ AS $$
           AND e.status = 'pending'
           AND e.run_at <= now()
           AND (e.suspect_group IS NOT NULL) = suspects_only
+          -- A group is of one size: a suspect already narrowed down to a smaller group than the
+          -- head's is not pulled back into a larger one.
+          AND (NOT suspects_only OR e.suspect_group >= (SELECT suspect_group FROM head))
           AND (suspects_only OR e.kind <> 'otp.created')
           AND NOT EXISTS (
               SELECT 1 FROM worker.events older

@@ -92,3 +92,19 @@ async def test_healthz_is_unhealthy_while_a_circuit_stays_open_too_long(db_url: 
     assert unhealthy.status_code == 503
     assert unhealthy.json()["reason"] == "twilio circuit open for 61s (limit 60s)"
     assert unhealthy.json()["circuits"] == {"twilio": "open"}
+
+
+async def test_a_probe_that_never_reached_the_provider_leaves_the_next_request_to_probe() -> None:
+    """A probe thrown back before its request (quota, shutdown, cancelled) gives no verdict: the
+    circuit must not stay half-open for good, with every later request waiting and failing."""
+    clock = Clock()
+    circuit = breaker(clock)
+    for _ in range(3):
+        circuit.failed()
+    clock.now += 10.0
+    assert await circuit.before_request() is True
+    circuit.probe_abandoned()
+    assert circuit.state == "open"
+    assert await circuit.before_request() is True  # at once, no new wait
+    circuit.succeeded()
+    assert circuit.state == "closed"
