@@ -7,7 +7,7 @@
 -- handlers/queries.sql) and sleeps until it; handlers/rate_limit.py says how urgent requests go
 -- first and when a request gives up its event's turn instead of waiting.
 --
--- Rows are created by the first request of each provider (an upsert), so nothing is seeded.
+-- Rows are created by the first request of each provider (an upsert), so no row is written in advance.
 -- UNLOGGED: the row is rewritten by every message, and it is only a clock: no WAL for it, and a
 -- crash that empties it costs at most one slot's spacing. Workers of the previous release never
 -- read it (they limit per process, as before) until they are replaced.

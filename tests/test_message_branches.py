@@ -170,7 +170,7 @@ def test_every_routed_message_reads_well_in_every_branch(kind: str, ctx: Message
 @pytest.mark.parametrize("notes", ["Bring <ID> next time", None])
 @pytest.mark.parametrize("stage", ["Lee Star", None])
 def test_the_email_builders_read_well(approved: bool, notes: str | None, stage: str | None) -> None:
-    """The seed's get_*_email builders give what the routed emails give."""
+    """The platform's get_*_email builders give what the routed emails give."""
     install_dispatcher(null_dispatcher())
     app_url = null_dispatcher().templates.app_url
     vetting = get_vetting_approval_email(application(stage_name=stage), approved, notes)
