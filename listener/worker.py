@@ -397,14 +397,17 @@ class Worker:
         try:
             await self._write(batch, records)
             self.failing.pop("outcome writes", None)
-        except psycopg.OperationalError as exc:
-            self.failing["outcome writes"] = type(exc).__name__
-            self._completions[:0] = batch
-            self._records[:0] = records
-            self._log.warning("worker.flush_failed", error=str(exc), count=len(batch), records=len(records))
-            return False
         except psycopg.Error as exc:
             self.failing["outcome writes"] = type(exc).__name__
+            if not _refused_by_a_row(exc):
+                # The database, not a row (a lost connection, a read-only standby after a
+                # failover, a privilege): keep everything for the next try; a record dropped is
+                # a message that may be sent twice.
+                self._completions[:0] = batch
+                self._records[:0] = records
+                self._log.warning("worker.flush_failed", error=str(exc), count=len(batch),
+                                  records=len(records))
+                return False
             # One row the database refuses must not hold up the others for ever.
             self._log.error("worker.flush_rejected", error=str(exc), count=len(batch), records=len(records))
             await self._write_one_by_one(batch, records)
@@ -545,6 +548,14 @@ class Worker:
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def _refused_by_a_row(exc: psycopg.Error) -> bool:
+    """Whether the database refused a value of the batch (a CHECK, a bad value, a duplicate), which
+    writing the rows one by one isolates, rather than refusing the write as such."""
+    return isinstance(exc, psycopg.errors.DataError | psycopg.errors.IntegrityError) or (
+        exc.sqlstate == "21000"  # cardinality_violation: two rows of the batch for one ledger row
+    )
 
 
 def _text(value: str | None) -> str | None:

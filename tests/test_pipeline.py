@@ -445,3 +445,35 @@ def test_events_show_tells_the_next_try_the_deadline_and_the_crash_record(
     assert created["deadline"].startswith("2026-01-01T12:00:00")  # its kind's deadline: 2 h
     assert (created["crashes"], created["solo_crashes"], created["suspect_group"]) == (1, 0, 2)
     assert reminder["deadline"].startswith("2026-01-01T11:00:00")  # its own expiry comes first
+
+
+async def test_a_ledger_the_database_will_not_write_for_a_while_keeps_every_record(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """A refusal that is the database's, not a row's (here a read-only standby's SQLSTATE, as
+    after a failover), keeps records and outcomes for the next flush: nothing is dropped (a
+    dropped record is a message sent twice) and nothing is failed."""
+    db.execute(
+        "CREATE FUNCTION read_only_for_test() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'read-only' USING ERRCODE = '25006'; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER read_only BEFORE INSERT ON worker.deliveries FOR EACH ROW"
+        " EXECUTE FUNCTION read_only_for_test()"
+    )
+    add_bookings(db, 3)
+
+    def script(event: Event) -> tuple[list[DeliveryRecord], Outcome]:
+        sent = DeliveryRecord("email", f"r{event.id}@example.com", "sent", provider_message_id="m")
+        return [sent], Outcome()
+
+    handler = ScriptedHandler(script)
+    async with Running(db_url, handler) as running:
+        await async_wait_until(lambda: "outcome writes" in running.worker.failing, timeout=10,
+                               message="the flush refused")
+        assert status_counts(db) == {"processing": 3}
+        db.execute("DROP TRIGGER read_only ON worker.deliveries")
+        await wait_all_finished(db, 3)
+    assert status_counts(db) == {"done": 3}
+    assert db.execute("SELECT count(*) FROM worker.deliveries").fetchone() == (3,)
+    assert len(handler.handled) == 3  # nothing handled (sent) twice
