@@ -57,7 +57,8 @@ class Event:
     payload: dict[str, Any]
     attempts: int
     expires_at: datetime | None
-    created_at: datetime
+    #: Where its deadline counts from: its creation, or an operator's requeue.
+    retry_from: datetime
 
 
 @dataclass(slots=True)

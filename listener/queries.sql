@@ -172,7 +172,7 @@ LIMIT %(limit)s;
 SELECT id, kind, subject_id, payload, dedup_key, status, attempts, run_at, expires_at,
        locked_by, locked_at, last_error, created_at, updated_at, finished_at,
        crashes, solo_crashes, suspect_group,
-       least(expires_at, created_at + make_interval(secs => coalesce(
+       least(expires_at, coalesce(requeued_at, created_at) + make_interval(secs => coalesce(
            (%(deadlines)s::jsonb ->> kind)::float8, %(default_deadline)s::float8))) AS deadline
 FROM worker.events WHERE id = %(id)s;
 
@@ -189,7 +189,8 @@ FROM worker.deliveries WHERE event_id = %(id)s ORDER BY id;
 WITH requeued AS (
     UPDATE worker.events
     SET status = 'pending', run_at = now(), attempts = 0, locked_by = NULL,
-        expires_at = NULL, finished_at = NULL, updated_at = now()
+        expires_at = NULL, finished_at = NULL, updated_at = now(),
+        requeued_at = now()  -- its retries get a whole deadline again (sql/008)
     WHERE CASE WHEN %(id)s::bigint IS NULL THEN status = 'failed'
                ELSE id = %(id)s::bigint AND status IN ('failed', 'expired', 'done') END
     RETURNING id

@@ -353,7 +353,7 @@ class Worker:
                 cap=self.settings.retry_max_seconds,
                 retry_after=error.retry_after,
             )
-        deadline = event.created_at + timedelta(seconds=self.settings.deadline_seconds(event.kind))
+        deadline = event.retry_from + timedelta(seconds=self.settings.deadline_seconds(event.kind))
         if event.expires_at is not None:
             deadline = min(deadline, event.expires_at)
         now = datetime.now(UTC)

@@ -28,6 +28,11 @@ COMMENT ON COLUMN worker.events.solo_crashes IS
 -- Suspects freed by the previous version ran one at a time: so they still do.
 UPDATE worker.events SET suspect_group = 1 WHERE status = 'pending' AND crashes > 0;
 
+-- Retries end at a deadline counted from an event's creation (EVENT_DEADLINE_SECONDS); an
+-- operator who requeues a failed event (`events retry`, the console) starts that count anew,
+-- or an event failed at its deadline would fail again at its first transient error.
+ALTER TABLE worker.events ADD COLUMN requeued_at timestamptz;
+
 CREATE INDEX IF NOT EXISTS events_suspect_group_idx ON worker.events (id)
     WHERE status = 'pending' AND suspect_group IS NOT NULL;
 
@@ -43,7 +48,7 @@ CREATE INDEX IF NOT EXISTS events_pending_urgent_idx ON worker.events (id)
 CREATE FUNCTION worker.claim_events_v2(
     claimer text, max_events integer, suspects_only boolean, urgent_only boolean)
 RETURNS TABLE (id bigint, kind text, subject_id text, payload jsonb, attempts integer,
-               expires_at timestamptz, created_at timestamptz)
+               expires_at timestamptz, retry_from timestamptz)
 LANGUAGE sql
 VOLATILE
 SET enable_sort = off
@@ -102,7 +107,8 @@ AS $$
         locked_by = claimer, locked_at = now(), updated_at = now()
     FROM (SELECT id FROM urgent UNION ALL SELECT id FROM rest) picked
     WHERE e.id = picked.id
-    RETURNING e.id, e.kind, e.subject_id, e.payload, e.attempts, e.expires_at, e.created_at;
+    RETURNING e.id, e.kind, e.subject_id, e.payload, e.attempts, e.expires_at,
+              coalesce(e.requeued_at, e.created_at);
 $$;
 
 -- Only the worker's own role may call it (sql/007).

@@ -477,3 +477,26 @@ async def test_a_ledger_the_database_will_not_write_for_a_while_keeps_every_reco
     assert status_counts(db) == {"done": 3}
     assert db.execute("SELECT count(*) FROM worker.deliveries").fetchone() == (3,)
     assert len(handler.handled) == 3  # nothing handled (sent) twice
+
+
+async def test_an_operator_retry_gives_an_event_a_whole_deadline_again(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """An event failed at its deadline (say after a long outage), requeued by an operator: its
+    deadline counts from the requeue, so a transient error retries it instead of failing it."""
+    db.execute(
+        "INSERT INTO worker.events (kind, subject_id, status, attempts, last_error, created_at,"
+        " finished_at) VALUES ('booking.created', 'b1', 'failed', 30, 'gave up at its deadline',"
+        " now() - interval '2 days', now())"
+    )
+    tries: list[int] = []
+
+    def script(event: Event) -> Outcome:
+        tries.append(event.attempts)
+        return Outcome(error=TransientDeliveryError("still flaky")) if len(tries) == 1 else Outcome()
+
+    assert admin.retry_events(db_url, None) == [1]
+    async with Running(db_url, ScriptedHandler(script)):
+        await wait_all_finished(db, 1)
+    assert status_counts(db) == {"done": 1}
+    assert tries == [1, 2]
