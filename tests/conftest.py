@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from listener.migrate import migrate
+from testkit.fake_providers import FakeProviders
 from tests.pgharness import (
     PrivateServer,
     create_database,
@@ -72,6 +73,20 @@ def private_server(tmp_path: Path) -> Iterator[PrivateServer]:
     yield server
     with contextlib.suppress(Exception):
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeProviders]:
+    """The fake Twilio + Resend, one per test module (starting one costs a thread and a port)."""
+    with FakeProviders() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(fake_server: FakeProviders) -> FakeProviders:
+    """The module's fake providers, with no recorded request and no script left from a test."""
+    fake_server.reset()
+    return fake_server
 
 
 @pytest.fixture

@@ -5,11 +5,9 @@ recipients, no OTP code on any page, keyset pages, and a retry that sends only w
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-import pytest
 
 from core.metrics import METRICS
 from core.settings import Settings
@@ -25,18 +23,6 @@ CLIENT_WA = "whatsapp:+61400000002"
 #: How the app's rows spell the parties' addresses (tests/appdata.py), and the ledger's E.164.
 PERSONAL = ["ann@example.com", "nova@example.com", "0400 000 002", "+61400000002", "61400000003"]
 OTP_CODE = "493817"
-
-
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeProviders]:
-    with FakeProviders() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(fake_server: FakeProviders) -> FakeProviders:
-    fake_server.reset()
-    return fake_server
 
 
 def cookie_line(answer, name: str) -> str:  # type: ignore[no-untyped-def]

@@ -36,6 +36,9 @@ def test_kill_9_mid_backlog_then_new_worker_finishes_everything(
 
     second = spawn_worker(db_url)
     wait_until(lambda: second.events_logged("event.released"), timeout=15, message="dead claims freed")
+    [started] = first.events_logged("worker.started")
+    # The release names the worker that died (the old query read the new, null locked_by).
+    assert {line["dead_worker"] for line in second.events_logged("event.released")} == {started["worker_id"]}
     # Within the stale threshold (3 s here) plus a heartbeat and start-up, far from a long lease.
     assert time.monotonic() - killed_at < 15
     wait_until(all_done(db, 2000), timeout=60, message="all 2000 events done")

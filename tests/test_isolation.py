@@ -7,7 +7,6 @@ rows are written with plain SQL as a careless app (or a schema without our const
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -19,18 +18,6 @@ from tests.notifyharness import ledger, provider_settings, running_router, wait_
 
 NEIGHBOUR_BOOKINGS = 45
 NEIGHBOUR_OTPS = 5
-
-
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeProviders]:
-    with FakeProviders() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(fake_server: FakeProviders) -> FakeProviders:
-    fake_server.reset()
-    return fake_server
 
 
 def add_otp(db: psycopg.Connection, email: str) -> None:

@@ -8,7 +8,7 @@ import io
 import itertools
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -25,7 +25,7 @@ from handlers.router import NotificationRouter
 from handlers.twilio_transport import TwilioWhatsApp
 from handlers.whatsapp import send_admin_whatsapp, send_whatsapp
 from listener.cli import main as cli
-from testkit.fake_providers import FakeProviders, Recorded, Reply
+from testkit.fake_providers import Recorded, Reply
 from tests.appdata import add_booking, add_client, add_party, add_performer, events
 from tests.notifyharness import (
     RESEND_KEY,
@@ -40,18 +40,6 @@ from tests.waiting import async_wait_until
 ADMIN, CLIENT, PERFORMER = "whatsapp:+61400000001", "whatsapp:+61400000002", "whatsapp:+61400000003"
 CLIENT_EMAIL = "ann@example.com"
 LIFECYCLE = ["approved", "deposit_uploaded", "deposit_verified", "accepted", "cancelled"]
-
-
-@pytest.fixture(scope="module")
-def fake_server() -> Iterator[FakeProviders]:
-    with FakeProviders() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(fake_server: FakeProviders) -> FakeProviders:
-    fake_server.reset()
-    return fake_server
 
 
 def walk(db: psycopg.Connection, booking: str, statuses: list[str]) -> None:

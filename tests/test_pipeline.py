@@ -30,7 +30,15 @@ from listener import admin
 from listener.cli import main as cli
 from listener.stream import EventStream
 from listener.worker import Worker
-from tests.appdata import add_booking, add_bookings, add_client, add_performer, events, status_counts
+from tests.appdata import (
+    add_booking,
+    add_bookings,
+    add_client,
+    add_login_code,
+    add_performer,
+    events,
+    status_counts,
+)
 from tests.waiting import async_wait_until
 from tests.worker_settings import fast_settings
 
@@ -500,3 +508,15 @@ async def test_an_operator_retry_gives_an_event_a_whole_deadline_again(
         await wait_all_finished(db, 1)
     assert status_counts(db) == {"done": 1}
     assert tries == [1, 2]
+
+
+async def test_login_codes_are_claimed_before_an_older_backlog(db: psycopg.Connection, db_url: str) -> None:
+    """Someone waits at a login screen: a login code written after 40 bookings is in the first
+    claimed batch, not behind the backlog (sql/008)."""
+    add_bookings(db, 40)
+    add_login_code(db, "waiting@example.com")
+    handler = ScriptedHandler(delay=0.01)
+    async with Running(db_url, handler, worker_concurrency=1, claim_batch_size=4):
+        await wait_all_finished(db, 41)
+    kinds = [event.kind for event in handler.handled]
+    assert "otp.created" in kinds[:5]

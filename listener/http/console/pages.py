@@ -212,35 +212,30 @@ async def _booking_reference(console: Console, subject_id: str | None) -> str | 
 
 @signed_in
 async def timeline(request: Request, console: Console, session: str) -> Response:
-    event_id = request.path_params["event_id"]
-    event = await console.store.event(event_id)
-    if event is None:
-        return PlainTextResponse(f"no event {event_id}", 404)
-    return render(
-        request,
-        "timeline.html",
-        session,
-        event=event,
-        deliveries=await console.store.event_deliveries(event_id),
-        reference=await _booking_reference(console, event["subject_id"]),
-        preview=await console.previewer.render(event),
-        requeued=request.query_params.get("requeued"),
-    )
+    return await _timeline(request, console, session, "timeline.html", full=True)
 
 
 @signed_in
 async def timeline_live(request: Request, console: Console, session: str) -> Response:
+    return await _timeline(request, console, session, "_timeline_live.html", full=False)
+
+
+async def _timeline(
+    request: Request, console: Console, session: str, template: str, *, full: bool
+) -> Response:
+    """One event's timeline: the whole page, or (`full` False) the part its refresh replaces."""
     event_id = request.path_params["event_id"]
     event = await console.store.event(event_id)
     if event is None:
         return PlainTextResponse(f"no event {event_id}", 404)
-    return render(
-        request,
-        "_timeline_live.html",
-        session,
-        event=event,
-        deliveries=await console.store.event_deliveries(event_id),
-    )
+    context: dict[str, Any] = {"event": event, "deliveries": await console.store.event_deliveries(event_id)}
+    if full:
+        context |= {
+            "reference": await _booking_reference(console, event["subject_id"]),
+            "preview": await console.previewer.render(event),
+            "requeued": request.query_params.get("requeued"),
+        }
+    return render(request, template, session, **context)
 
 
 # ---------------------------------------------------------------------------- retry
