@@ -2,13 +2,14 @@
 
 A `DeliveryScope` is the sending side of one event: it knows the event id (for idempotency
 keys), what the ledger already shows for that event (so a redelivery sends nothing twice), and
-collects one `DeliveryRecord` per (channel, recipient). The router opens a scope per event; the
-platform-named functions (`send_whatsapp`, `send_email`, `notify_*`, `send_*_email`) find it with
-`current_scope()`, so their signatures stay the platform's.
+collects one `DeliveryRecord` per (channel, recipient). The router makes one per event and hands
+it the event's context (handlers.router.compose_event). The platform-named functions
+(`send_whatsapp`, `send_email`, `notify_*`, `send_*_email`), for code that calls them directly,
+each take an event-less scope from `direct_scope()`, so their signatures stay the platform's.
 
-`DeliveryScope.compose` is the one place a routing-table entry becomes a message (resolve the
-recipient, render, address); it returns an `Outgoing`, sent concurrently when awaited, and
-`together()` merges an event's parts so all its messages go out in ONE gather.
+`DeliveryScope.compose` is the one place routing-table entries become messages (resolve the
+recipient, render, address); it returns an `Outgoing`: its messages, sent concurrently when
+awaited.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import functools
 import hashlib
 import logging
 import re
-from collections.abc import Generator, Iterator
-from contextvars import ContextVar
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -103,8 +103,8 @@ class Target:
 class Outgoing:
     """Messages composed (addressed and rendered) in one scope, not yet sent.
 
-    The platform's notify/send functions return one: awaiting it sends its messages concurrently
-    and gives their ledger records. `together()` joins the parts of one event.
+    The router's composition of an event, and the platform's notify/send functions, return one:
+    awaiting it sends its messages concurrently and gives their ledger records.
     """
 
     __slots__ = ("messages", "scope")
@@ -115,14 +115,6 @@ class Outgoing:
 
     def __await__(self) -> Generator[Any, None, list[DeliveryRecord]]:
         return self.scope.send_all(self.messages).__await__()
-
-
-def together(*parts: Outgoing) -> Outgoing:
-    """One `Outgoing` of all `parts` (of the same scope): one gather, not one per part."""
-    scope = parts[0].scope
-    if any(part.scope is not scope for part in parts):
-        raise ValueError("parts composed in different delivery scopes")
-    return Outgoing(scope, [message for part in parts for message in part.messages])
 
 
 @lru_cache(maxsize=64)
@@ -144,31 +136,24 @@ class Dispatcher:
             await transport.close()
 
 
-_scope: ContextVar[DeliveryScope | None] = ContextVar("delivery_scope", default=None)
 _default: list[Dispatcher] = []
 
 
 def install_dispatcher(dispatcher: Dispatcher) -> None:
-    """Make `dispatcher` the one used by sends made outside any event (e.g. a direct call)."""
+    """Make `dispatcher` the one the platform's functions use when called directly."""
     _default[:] = [dispatcher]
 
 
-def current_scope() -> DeliveryScope:
-    """The scope of the event being handled, or a fresh event-less one on the installed dispatcher."""
-    scope = _scope.get()
-    if scope is not None:
-        return scope
+def direct_scope() -> DeliveryScope:
+    """A fresh event-less scope on the installed dispatcher, for a direct call of a platform function."""
     if not _default:
         raise RuntimeError("no dispatcher installed: build the router (handlers.router) first")
     return DeliveryScope(_default[0])
 
 
 def current_templates() -> Templates:
-    """The templates in use: the dispatcher's, or (with no router built, e.g. a script calling
-    a `get_*_email` builder) ones made from the settings, so the builders need no daemon."""
-    scope = _scope.get()
-    if scope is not None:
-        return scope.dispatcher.templates
+    """The templates in use: the installed dispatcher's, or (with no router built, e.g. a script
+    calling a `get_*_email` builder) ones made from the settings, so the builders need no daemon."""
     if _default:
         return _default[0].templates
     return _standalone_templates()
@@ -179,16 +164,6 @@ def _standalone_templates() -> Templates:
     from core.settings import load_settings
 
     return Templates(load_settings().next_public_app_url)
-
-
-@contextlib.contextmanager
-def delivering(scope: DeliveryScope) -> Iterator[DeliveryScope]:
-    """Run the enclosed sends inside `scope` (task-local: concurrent events do not mix)."""
-    token = _scope.set(scope)
-    try:
-        yield scope
-    finally:
-        _scope.reset(token)
 
 
 class DeliveryScope:

@@ -3,7 +3,8 @@
 Every email has an HTML and a plain-text part and an Idempotency-Key per (event, channel,
 recipient). `send_email` sends one email now; the `get_*_email` builders return
 subject/html/text from the Jinja2 templates; the `send_*_email` functions name an event kind,
-let the routing table pick recipients and return the composed emails (await them to send).
+let the routing table pick recipients and return the composed emails (await them to send); the
+claim loop's router composes the same routes itself (handlers.router.compose_event).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from decimal import Decimal
 
 from handlers.contract import DeliveryRecord, PermanentDeliveryError
-from handlers.delivery import Message, Outgoing, current_scope, current_templates
+from handlers.delivery import Message, Outgoing, current_templates, direct_scope
 from handlers.models import Application, Booking, MessageContext, Person
 from handlers.rendering import Rendered
 from handlers.routing import Route
@@ -40,7 +41,7 @@ async def send_email(
     put on one line (handlers.values): it is a header, so it may not carry a second one.
     Returns the ledger record, or None when the ledger already shows this email sent.
     """
-    scope = current_scope()
+    scope = direct_scope()
     try:
         address = scope.normalise("email", to)
     except PermanentDeliveryError as exc:
@@ -155,4 +156,4 @@ def send_vetting_approval_email(application: Application, approved: bool, notes:
 
 def send_routes(kind: str, ctx: MessageContext) -> Outgoing:
     """The emails of `kind`, composed; await the result to send them."""
-    return current_scope().compose(kind, ctx, "email")
+    return direct_scope().compose(kind, ctx, "email")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from handlers.delivery import Outgoing, current_scope
+from handlers.delivery import Outgoing, direct_scope
 from handlers.models import MessageContext
 
 
 def add_in_app_notifications(kind: str, ctx: MessageContext) -> Outgoing:
     """The in-app rows of `kind`, composed (no opt-out: it is the user's own inbox); await to write."""
-    return current_scope().compose(kind, ctx, "in_app")
+    return direct_scope().compose(kind, ctx, "in_app")

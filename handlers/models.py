@@ -33,7 +33,9 @@ def _free_text(record_type: type) -> tuple[str, ...]:
 def _one_line_fields(record: object) -> None:
     """Put every free-text field of `record` (a dataclass being built, frozen or not) on one line."""
     for name in _free_text(type(record)):
-        object.__setattr__(record, name, one_line(getattr(record, name)))
+        value = getattr(record, name)
+        if value is not None and (cleaned := one_line(value)) is not value:
+            object.__setattr__(record, name, cleaned)
 
 
 def _shortened(record: _Record) -> _Record:
@@ -176,13 +178,13 @@ class MessageContext:
     def for_whatsapp(self) -> MessageContext:
         """This context with every free-text value cut to its WhatsApp length, so that a long
         value from a row, never the message's own wording, is what gives way to Twilio's 1,600."""
-        return replace(
-            _shortened(self),
-            booking=self.booking and _shortened(self.booking),
-            client=self.client and _shortened(self.client),
-            performer=self.performer and _shortened(self.performer),
-            application=self.application and _shortened(self.application),
-        )
+        parts = {
+            name: cut
+            for name in ("booking", "client", "performer", "application")
+            if (part := getattr(self, name)) is not None and (cut := _shortened(part)) is not part
+        }
+        own = _shortened(self)
+        return replace(own, **parts) if parts else own  # usually `self`: nothing is that long
 
 
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")

@@ -1,15 +1,16 @@
 """The `EventHandler` the claim loop drives: events in, deliveries (and ledger records) out.
 
 `prepare()` loads, in ONE query per batch, every row the batch's messages need plus what the
-ledger already holds for each event; `handle()` opens a delivery scope for the event and calls
-the platform-named functions for its kind, which consult the routing table; the event's messages
-are then sent concurrently, in one gather.
+ledger already holds for each event; `handle()` composes the event in one step
+(`compose_event`: the kind's context from `CONTEXTS`, then every route the routing table gives
+that kind, on every channel) and sends all its messages concurrently, in one gather.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,38 +21,9 @@ import structlog
 
 from core.queries import load_queries
 from handlers.contract import Event, Outcome, PermanentDeliveryError, RecordDelivery, TransientDeliveryError
-from handlers.delivery import (
-    DeliveryScope,
-    Dispatcher,
-    current_scope,
-    delivering,
-    install_dispatcher,
-    together,
-)
-from handlers.email import (
-    send_booking_cancelled_email,
-    send_booking_confirmation_email,
-    send_booking_received_email,
-    send_booking_reminder_email,
-    send_deposit_instructions_email,
-    send_otp_email,
-    send_payment_reminder_email,
-    send_vetting_approval_email,
-)
-from handlers.in_app import add_in_app_notifications
+from handlers.delivery import DeliveryScope, Dispatcher, Outgoing, install_dispatcher
 from handlers.models import Application, Booking, MessageContext, OtpCode, Person
 from handlers.transports import build_transports, provider_guards
-from handlers.whatsapp import (
-    notify_booking_accepted,
-    notify_booking_approved,
-    notify_booking_cancelled,
-    notify_booking_created,
-    notify_booking_declined,
-    notify_deposit_uploaded,
-    notify_deposit_verified,
-    send_booking_reminder,
-    send_payment_reminder,
-)
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -88,8 +60,6 @@ class EventData:
         return self.booking, client, self.performer or Person.missing_party("performer")
 
 
-Sender = Callable[[Event, EventData], Awaitable[Any]]
-
 #: Used when `prepare()` found nothing for an event (its rows are gone).
 NO_DATA = EventData(None, None, None, None, None, frozenset())
 #: Kinds the triggers emit that tell nobody anything: done, with nothing to send.
@@ -118,7 +88,7 @@ class NotificationRouter:
 
     async def prepare(self, events: Sequence[Event]) -> dict[int, EventData]:
         """One query for the whole batch (never one per event) while its rows can be read."""
-        routed = [event for event in events if event.kind in SENDERS]
+        routed = [event for event in events if event.kind in CONTEXTS]
         if not routed:
             return {}
         async with self.pool.connection() as conn:
@@ -152,8 +122,7 @@ async def handle_event(
     if data.unreadable is not None:  # isolated by prepare(); the same row reads the same way again
         reason = f"unreadable_row: {data.unreadable}"
         return Outcome(error=PermanentDeliveryError(reason, code="unreadable_row"))
-    sender = SENDERS.get(event.kind)
-    if sender is None:
+    if event.kind not in CONTEXTS:
         if event.kind in SILENT_KINDS:
             return Outcome()
         # Failed, not done: it shows in `events list --status failed` and the metrics, and
@@ -161,132 +130,138 @@ async def handle_event(
         log.warning("event.unknown_kind", event_id=event.id, kind=event.kind)
         return Outcome(error=PermanentDeliveryError(UNKNOWN_KIND_ERROR, code="unknown_kind"))
     scope = DeliveryScope(dispatcher, event.id, data.ledger, record, event.kind)
-    with delivering(scope):
-        try:
-            await sender(event, data)
-        except PermanentDeliveryError as exc:
-            return Outcome(error=exc, deliveries=len(scope.records))
-        except Exception as exc:  # a bug or an unmapped failure: keep what went out, retry the rest
-            log.exception("event.delivery_crashed", event_id=event.id, kind=event.kind)
-            first_line = next(iter(str(exc).splitlines()), "")  # a DETAIL line may quote personal data
-            error = TransientDeliveryError(f"{type(exc).__name__}: {first_line}", code="unexpected")
-            return Outcome(error=error, deliveries=len(scope.records))
+    try:
+        outgoing = compose_event(scope, event, data)
+        if outgoing is not None:
+            await outgoing
+    except PermanentDeliveryError as exc:
+        return Outcome(error=exc, deliveries=len(scope.records))
+    except Exception as exc:  # a bug or an unmapped failure: keep what went out, retry the rest
+        log.exception("event.delivery_crashed", event_id=event.id, kind=event.kind)
+        first_line = next(iter(str(exc).splitlines()), "")  # a DETAIL line may quote personal data
+        error = TransientDeliveryError(f"{type(exc).__name__}: {first_line}", code="unexpected")
+        return Outcome(error=error, deliveries=len(scope.records))
     return Outcome(error=scope.transient, deliveries=len(scope.records))
 
 
 # ---------------------------------------------------------------------------- per event kind
-# Each awaits ONE `together(...)`: all of an event's messages are sent in a single flat gather.
-async def _booking_created(event: Event, data: EventData) -> None:
-    b, c, p = data.parties()
-    await together(notify_booking_created(b, c, p), send_booking_received_email(b, c, p))
+@dataclass(frozen=True, slots=True)
+class NoLongerDue:
+    """The event no longer calls for its messages (a reminder for a cancelled booking, a used
+    login code): every route of its kind is recorded `skipped` with this code and reason."""
+
+    ctx: MessageContext
+    code: str
+    reason: str
 
 
-async def _booking_approved(event: Event, data: EventData) -> None:
-    b, c, p = data.parties()
-    await together(notify_booking_approved(b, c, p), send_deposit_instructions_email(b, c, p))
+#: What one event kind's messages are about: the context its routes are composed with, a
+#: `NoLongerDue`, or None when the event sends nothing. Raises PermanentDeliveryError when the
+#: event's rows are gone.
+ContextOf = Callable[[Event, EventData], "MessageContext | NoLongerDue | None"]
 
 
-async def _deposit_uploaded(event: Event, data: EventData) -> None:
-    await notify_deposit_uploaded(*data.parties())
+def compose_event(scope: DeliveryScope, event: Event, data: EventData) -> Outgoing | None:
+    """THE composition step of a routed event: its context (`CONTEXTS`), then every route of
+    its kind in the routing table, on every channel, composed at once (recipients resolved,
+    messages rendered); awaiting the result sends them all in one gather. None when there is
+    nothing to send (what was refused or skipped is already recorded in `scope`)."""
+    ctx = CONTEXTS[event.kind](event, data)
+    if ctx is None:
+        return None
+    if isinstance(ctx, NoLongerDue):
+        scope.skip(event.kind, ctx.ctx, ctx.code, ctx.reason)
+        return None
+    return scope.compose(event.kind, ctx)
 
 
-async def _deposit_verified(event: Event, data: EventData) -> None:
-    b, c, p = data.parties()
-    await together(notify_deposit_verified(b, c, p), send_booking_confirmation_email(b, c, p))
+def _parties(event: Event, data: EventData) -> MessageContext:
+    booking, client, performer = data.parties()
+    return MessageContext(booking=booking, client=client, performer=performer)
 
 
-async def _booking_accepted(event: Event, data: EventData) -> None:
-    await notify_booking_accepted(*data.parties())
-
-
-async def _booking_cancelled(event: Event, data: EventData) -> None:
-    b, c, p = data.parties()
+def _cancelled(event: Event, data: EventData) -> MessageContext:
+    booking, client, performer = data.parties()
     # The reason captured by the trigger is what the parties must hear, even if edited since.
-    reason = event.payload.get("reason") or b.cancellation_reason
-    await together(notify_booking_cancelled(b, c, p, reason), send_booking_cancelled_email(b, c, p, reason))
+    reason = event.payload.get("reason") or booking.cancellation_reason
+    return MessageContext(booking=booking, client=client, performer=performer, reason=reason)
 
 
-async def _reminder_due(event: Event, data: EventData) -> None:
-    b, c, p = data.parties()
+def _reminder(event: Event, data: EventData) -> MessageContext | NoLongerDue:
+    booking, client, performer = data.parties()
     hours = event.payload.get("hours_until_event")
     if not isinstance(hours, int):
-        hours = max(0, round((b.event_start - datetime.now(UTC)).total_seconds() / 3600))
-    ctx = MessageContext(booking=b, client=c, performer=p, hours_until_event=hours)
-    if b.status not in REMINDED_STATUSES:  # cancelled (or moved back) since it was queued
-        current_scope().skip(event.kind, ctx, "no_longer_due", f"booking is {b.status}")
-        return
-    await together(
-        send_booking_reminder(b, c, p, hours),
-        send_booking_reminder_email(b, c, p, hours),
-        add_in_app_notifications(event.kind, ctx),
-    )
+        hours = max(0, round((booking.event_start - datetime.now(UTC)).total_seconds() / 3600))
+    ctx = MessageContext(booking=booking, client=client, performer=performer, hours_until_event=hours)
+    if booking.status not in REMINDED_STATUSES:  # cancelled (or moved back) since it was queued
+        return NoLongerDue(ctx, "no_longer_due", f"booking is {booking.status}")
+    return ctx
 
 
-async def _payment_due(event: Event, data: EventData) -> None:
-    b, c, p = data.parties()
-    outstanding = b.outstanding  # the balance now: a payment may have arrived since it was queued
-    ctx = MessageContext(booking=b, client=c, performer=p, outstanding=outstanding)
-    if b.status in UNPAYABLE_STATUSES or outstanding <= 0:
-        reason = f"booking is {b.status}" if b.status in UNPAYABLE_STATUSES else "balance already paid"
-        current_scope().skip(event.kind, ctx, "no_longer_due", reason)
-        return
-    await together(
-        send_payment_reminder(b, c, p, outstanding),
-        send_payment_reminder_email(b, c, p, outstanding),
-        add_in_app_notifications(event.kind, ctx),
-    )
+def _payment_due(event: Event, data: EventData) -> MessageContext | NoLongerDue:
+    booking, client, performer = data.parties()
+    outstanding = booking.outstanding  # the balance now: a payment may have arrived since it was queued
+    ctx = MessageContext(booking=booking, client=client, performer=performer, outstanding=outstanding)
+    if booking.status in UNPAYABLE_STATUSES:
+        return NoLongerDue(ctx, "no_longer_due", f"booking is {booking.status}")
+    if outstanding <= 0:
+        return NoLongerDue(ctx, "no_longer_due", "balance already paid")
+    return ctx
 
 
-async def _otp_created(event: Event, data: EventData) -> None:
+def _login_code(event: Event, data: EventData) -> MessageContext | NoLongerDue:
     otp = data.otp
     if otp is None:
         raise PermanentDeliveryError("otp code not found", code="not_found")
     if otp.used_at is not None or otp.expires_at <= datetime.now(UTC):
         reason = "used" if otp.used_at is not None else "expired"
-        current_scope().skip(event.kind, MessageContext(otp_email=otp.email), reason, f"otp already {reason}")
-        return
-    await send_otp_email(otp.email, otp.code, otp.lifetime_minutes)
+        return NoLongerDue(MessageContext(otp_email=otp.email), reason, f"otp already {reason}")
+    return MessageContext(otp_email=otp.email, otp_code=otp.code, expiry_minutes=otp.lifetime_minutes)
 
 
-async def _vetting_decided(event: Event, data: EventData) -> None:
+def _vetting(event: Event, data: EventData) -> MessageContext:
     application = data.application
     if application is None:
         raise PermanentDeliveryError("vetting application not found", code="not_found")
     decision = event.payload.get("decision") or application.status
-    await send_vetting_approval_email(application, decision == "approved", application.review_notes)
+    return MessageContext(application=application, approved=decision == "approved",
+                          notes=application.review_notes)
 
 
-async def _declined_by_performer(event: Event, data: EventData) -> None:
-    await notify_booking_declined(*data.parties())
-
-
-async def _legacy_whatsapp_inbound(event: Event, data: EventData) -> None:
+def _legacy_decline(event: Event, data: EventData) -> MessageContext | None:
     # The older name of booking.declined_by_performer; only DECLINE was ever written under it.
-    if event.payload.get("command") == "decline":
-        await notify_booking_declined(*data.parties())
+    return _parties(event, data) if event.payload.get("command") == "decline" else None
 
 
-#: Which of the platform's functions each event kind calls (who hears what: handlers.routing.ROUTES).
-SENDERS: dict[str, Sender] = {
-    "booking.created": _booking_created,
-    "booking.approved": _booking_approved,
-    "booking.deposit_uploaded": _deposit_uploaded,
-    "booking.deposit_verified": _deposit_verified,
-    "booking.accepted": _booking_accepted,
-    "booking.cancelled": _booking_cancelled,
-    "booking.reminder_due": _reminder_due,
+#: Every routed event kind and its context (who hears what: handlers.routing.ROUTES). The
+#: platform's functions (handlers.whatsapp `notify_*`, handlers.email `send_*_email`) compose
+#: the same routes from the same contexts, one channel each, for code that calls them directly.
+CONTEXTS: dict[str, ContextOf] = {
+    "booking.created": _parties,
+    "booking.approved": _parties,
+    "booking.deposit_uploaded": _parties,
+    "booking.deposit_verified": _parties,
+    "booking.accepted": _parties,
+    "booking.cancelled": _cancelled,
+    "booking.reminder_due": _reminder,
     "booking.payment_due": _payment_due,
-    "otp.created": _otp_created,
-    "vetting.decided": _vetting_decided,
-    "booking.declined_by_performer": _declined_by_performer,
-    "whatsapp.inbound": _legacy_whatsapp_inbound,
+    "otp.created": _login_code,
+    "vetting.decided": _vetting,
+    "booking.declined_by_performer": _parties,
+    "whatsapp.inbound": _legacy_decline,
 }
+
+
+#: A uuid as PostgreSQL prints it (and the triggers write it): taken as it is.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
 
 
 def _uuid(value: Any) -> str | None:
     """A payload id, or None when it is not a uuid (so one bad event cannot break the batch query)."""
     if not value:
         return None
+    if isinstance(value, str) and _CANONICAL_UUID(value):
+        return value
     try:
         return str(uuid.UUID(str(value)))
     except ValueError:

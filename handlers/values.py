@@ -61,6 +61,10 @@ def one_line(value: str | None) -> str | None:
     and none is left at either end. None stays None (an absent value is not an empty one)."""
     if value is None:
         return None
+    # The usual value has nothing to change; say so without building a new string. Every
+    # character `_BREAKS` matches but the plain space is one `isprintable()` refuses.
+    if value.isprintable() and "  " not in value and value[:1] != " " and value[-1:] != " ":
+        return value
     return _BREAKS.sub(" ", value).strip()
 
 

@@ -2,9 +2,10 @@
 
 Every `notify_*` function is thin: it names an event kind, and the routing table says who hears
 it and with which template. It returns the composed messages (`handlers.delivery.Outgoing`):
-`await notify_booking_created(b, c, p)` sends them and gives the ledger records, and the router
-joins an event's WhatsApp and email parts so they go out together. `send_whatsapp` sends one
-message to one number now.
+`await notify_booking_created(b, c, p)` sends them and gives the records. They are for code that
+calls them directly: the claim loop's router composes an event's routes on every channel in one
+step (handlers.router.compose_event), from the same table. `send_whatsapp` sends one message to
+one number now.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from handlers.contract import DeliveryRecord, PermanentDeliveryError
-from handlers.delivery import Message, Outgoing, current_scope
+from handlers.delivery import Message, Outgoing, direct_scope
 from handlers.models import Booking, MessageContext, Person
 from handlers.routing import Route
 
@@ -31,7 +32,7 @@ async def send_whatsapp(
     template and `variables` are sent instead of free text (needed outside the 24 h window).
     Returns the ledger record, or None when the ledger already shows this message sent.
     """
-    scope = current_scope()
+    scope = direct_scope()
     try:
         number = scope.normalise("whatsapp", to)
     except PermanentDeliveryError as exc:
@@ -55,10 +56,11 @@ async def send_admin_whatsapp(
     message: str, *, template: str | None = None, variables: dict[str, str] | None = None
 ) -> DeliveryRecord | None:
     """Send `message` to ADMIN_WHATSAPP (admin alerts ignore opt-outs)."""
-    admin = current_scope().settings.admin_whatsapp
+    scope = direct_scope()
+    admin = scope.settings.admin_whatsapp
     if not admin:
         route = Route("admin", "whatsapp", template or "direct")
-        return current_scope().refuse(route, "admin", "missing_address", "ADMIN_WHATSAPP is not set")
+        return scope.refuse(route, "admin", "missing_address", "ADMIN_WHATSAPP is not set")
     return await send_whatsapp(admin, message, role="admin", template=template, variables=variables)
 
 
@@ -125,4 +127,4 @@ def notify_booking_cancelled(
 
 def notify(kind: str, ctx: MessageContext) -> Outgoing:
     """The WhatsApp messages of `kind`, composed; await the result to send them."""
-    return current_scope().compose(kind, ctx, "whatsapp")
+    return direct_scope().compose(kind, ctx, "whatsapp")

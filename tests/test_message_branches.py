@@ -17,7 +17,7 @@ from decimal import Decimal
 
 import pytest
 
-from handlers.delivery import DeliveryScope, Message, delivering, install_dispatcher
+from handlers.delivery import DeliveryScope, Message, install_dispatcher
 from handlers.email import get_booking_confirmation_email, get_otp_email, get_vetting_approval_email
 from handlers.models import MessageContext
 from handlers.rendering import Rendered, aud
@@ -82,8 +82,7 @@ CASES = list(cases())
 def composed(kind: str, ctx: MessageContext) -> list[Message]:
     """The messages the router would send for `kind`, composed but not sent."""
     scope = DeliveryScope(null_dispatcher(), 1)
-    with delivering(scope):
-        return scope.compose(kind, ctx).messages
+    return scope.compose(kind, ctx).messages
 
 
 def facts(ctx: MessageContext) -> list[str]:

@@ -6,15 +6,39 @@ import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from handlers.contract import DeliveryRecord, Event, TransientDeliveryError
-from handlers.delivery import DeliveryScope, Dispatcher, Message, Sent, delivering
+from handlers.delivery import DeliveryScope, Dispatcher, Message, Outgoing, Sent, install_dispatcher
+from handlers.email import (
+    send_booking_cancelled_email,
+    send_booking_confirmation_email,
+    send_booking_received_email,
+    send_booking_reminder_email,
+    send_deposit_instructions_email,
+    send_otp_email,
+    send_payment_reminder_email,
+    send_vetting_approval_email,
+)
+from handlers.in_app import add_in_app_notifications
+from handlers.models import MessageContext
 from handlers.rendering import TEMPLATE_DIR
-from handlers.router import SENDERS, handle_event
+from handlers.router import CONTEXTS, EventData, compose_event, handle_event
 from handlers.routing import ROUTES, routes_for, routing_table_markdown
 from handlers.transports import NullTransport
+from handlers.whatsapp import (
+    notify_booking_accepted,
+    notify_booking_approved,
+    notify_booking_cancelled,
+    notify_booking_created,
+    notify_booking_declined,
+    notify_deposit_uploaded,
+    notify_deposit_verified,
+    send_booking_reminder,
+    send_payment_reminder,
+)
 from tests.samples import event_data, null_dispatcher
 
 PAYLOADS = {
@@ -29,8 +53,8 @@ PAYLOADS = {
 STATUSES = {"booking.reminder_due": "deposit_verified", "booking.cancelled": "cancelled"}
 
 
-def test_every_routed_kind_has_a_sender_and_every_sender_a_route() -> None:
-    assert set(SENDERS) == set(ROUTES)
+def test_every_routed_kind_has_a_context_and_every_context_a_route() -> None:
+    assert set(CONTEXTS) == set(ROUTES)
 
 
 @pytest.mark.parametrize("route", [r for routes in ROUTES.values() for r in routes], ids=str)
@@ -44,8 +68,9 @@ def test_every_route_has_its_templates(route) -> None:
 async def test_each_kind_sends_exactly_its_routes(kind: str) -> None:
     event = Event(1, kind, "s", PAYLOADS.get(kind, {}), 1, None, datetime.now(UTC))
     scope = DeliveryScope(null_dispatcher(), event.id)
-    with delivering(scope):
-        await SENDERS[kind](event, event_data(status=STATUSES.get(kind, "pending")))
+    outgoing = compose_event(scope, event, event_data(status=STATUSES.get(kind, "pending")))
+    assert outgoing is not None
+    await outgoing
     sent = sorted((r.recipient_role, r.channel, r.template) for r in scope.records)
     assert sent == sorted((r.role, r.channel, r.template) for r in ROUTES[kind])
     assert {r.status for r in scope.records} == {"simulated"}
@@ -54,9 +79,64 @@ async def test_each_kind_sends_exactly_its_routes(kind: str) -> None:
 async def test_ledger_already_holding_a_delivery_is_not_sent_again() -> None:
     scope = DeliveryScope(null_dispatcher(), 9, frozenset({"whatsapp +61400000001"}))
     event = Event(9, "booking.deposit_uploaded", "s", {}, 2, None, datetime.now(UTC))
-    with delivering(scope):
-        await SENDERS[event.kind](event, event_data())
+    outgoing = compose_event(scope, event, event_data())
+    assert outgoing is not None
+    await outgoing
     assert scope.records == []
+
+
+def platform_calls(kind: str, data: EventData, payload: dict[str, Any]) -> list[Outgoing]:
+    """What code calling the platform's functions directly for `kind` would call."""
+    b, c, p = data.parties()
+    parties = (b, c, p)
+    otp, app = data.otp, data.application
+    base = MessageContext(booking=b, client=c, performer=p)
+    assert otp is not None and app is not None
+    return {
+        "booking.created": lambda: [notify_booking_created(*parties), send_booking_received_email(*parties)],
+        "booking.approved": lambda: [
+            notify_booking_approved(*parties), send_deposit_instructions_email(*parties)],
+        "booking.deposit_uploaded": lambda: [notify_deposit_uploaded(*parties)],
+        "booking.deposit_verified": lambda: [
+            notify_deposit_verified(*parties), send_booking_confirmation_email(*parties)],
+        "booking.accepted": lambda: [notify_booking_accepted(*parties)],
+        "booking.cancelled": lambda: [
+            notify_booking_cancelled(*parties, payload["reason"]),
+            send_booking_cancelled_email(*parties, payload["reason"]),
+        ],
+        "booking.reminder_due": lambda: [
+            send_booking_reminder(*parties, 24),
+            send_booking_reminder_email(*parties, 24),
+            add_in_app_notifications(kind, replace(base, hours_until_event=24)),
+        ],
+        "booking.payment_due": lambda: [
+            send_payment_reminder(*parties, b.outstanding),
+            send_payment_reminder_email(*parties, b.outstanding),
+            add_in_app_notifications(kind, replace(base, outstanding=b.outstanding)),
+        ],
+        "otp.created": lambda: [send_otp_email(otp.email, otp.code, otp.lifetime_minutes)],
+        "vetting.decided": lambda: [send_vetting_approval_email(app, True, app.review_notes)],
+        "booking.declined_by_performer": lambda: [notify_booking_declined(*parties)],
+        "whatsapp.inbound": lambda: [notify_booking_declined(*parties)],
+    }[kind]()
+
+
+def shape(message: Message) -> tuple[object, ...]:
+    return (message.channel, message.recipient, message.template, message.subject, message.text, message.html)
+
+
+@pytest.mark.parametrize("kind", list(ROUTES))
+def test_the_platform_functions_compose_what_the_router_composes(kind: str) -> None:
+    """The platform's `notify_*` / `send_*_email` functions (for direct callers) and the router's
+    one composition step read the same table: the same messages, word for word."""
+    dispatcher = null_dispatcher()
+    install_dispatcher(dispatcher)
+    data = event_data(status=STATUSES.get(kind, "pending"))
+    event = Event(1, kind, "s", PAYLOADS.get(kind, {}), 1, None, datetime.now(UTC))
+    routed = compose_event(DeliveryScope(dispatcher, event.id), event, data)
+    assert routed is not None
+    direct = [message for part in platform_calls(kind, data, event.payload) for message in part.messages]
+    assert sorted(map(shape, direct)) == sorted(map(shape, routed.messages))
 
 
 def test_routes_for_keeps_table_order() -> None:

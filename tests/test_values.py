@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from handlers.contract import PermanentDeliveryError
-from handlers.delivery import DeliveryScope, delivering
+from handlers.delivery import DeliveryScope
 from handlers.models import MessageContext
 from handlers.routing import ROUTES
 from handlers.values import ELLIPSIS, TEMPLATE_VARIABLE_LIMIT, one_line, shorten, template_variable
@@ -97,8 +97,7 @@ def test_every_whatsapp_body_fits_twilio_with_every_value_at_its_longest(kind: s
         notes=HUGE,
     )
     scope = DeliveryScope(null_dispatcher(next_public_app_url=app_url), 1)
-    with delivering(scope):
-        messages = [m for m in scope.compose(kind, ctx, "whatsapp").messages]
+    messages = scope.compose(kind, ctx, "whatsapp").messages
     assert messages
     for message in messages:
         assert utf16_length(message.text) <= TWILIO_MAX_BODY, (message.template, utf16_length(message.text))

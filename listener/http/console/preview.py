@@ -1,8 +1,8 @@
 """An event's messages rendered again, by the handlers' own code, without sending anything.
 
-The router's sender for the event's kind runs as it would in the claim loop (same data query,
-same routing table, same templates), inside a delivery scope that keeps each composed message
-instead of handing it to a transport, and counts nothing in the metrics. The data is today's
+The router's composition step runs as it does in the claim loop (same data query, same
+`compose_event`, same routing table and templates); its messages are shown instead of being
+awaited (sent), and what it refuses is counted nowhere. The data is today's
 (a booking edited since reads as edited), which the page says.
 
 What is shown passes through the logs' redaction: addresses and phone numbers masked, and an
@@ -21,8 +21,8 @@ from psycopg_pool import AsyncConnectionPool
 from core.redaction import REDACTED, mask_text
 from core.settings import Settings
 from handlers.contract import DeliveryRecord, Event, PermanentDeliveryError
-from handlers.delivery import DeliveryScope, Dispatcher, Message, delivering
-from handlers.router import SENDERS, NotificationRouter
+from handlers.delivery import DeliveryScope, Dispatcher, Message
+from handlers.router import CONTEXTS, NotificationRouter, compose_event
 from listener.http.console.masking import mask_recipient
 
 log = structlog.get_logger(__name__)
@@ -45,18 +45,10 @@ class Preview:
     reason: str | None = None
 
 
-class _KeepingScope(DeliveryScope):
-    """A delivery scope that keeps what it would send and records nothing anywhere."""
+class _UncountedScope(DeliveryScope):
+    """A delivery scope whose refusals (opted out, no address) are neither counted nor logged."""
 
-    def __init__(self, dispatcher: Dispatcher, event_id: int) -> None:
-        super().__init__(dispatcher, event_id)
-        self.kept: list[Message] = []
-
-    async def send(self, message: Message) -> DeliveryRecord | None:
-        self.kept.append(message)
-        return None
-
-    def record(self, record: DeliveryRecord) -> DeliveryRecord:
+    def record(self, record: DeliveryRecord, **log_context: Any) -> DeliveryRecord:
         return record  # not counted: a preview delivers nothing
 
 
@@ -75,8 +67,7 @@ class Previewer:
 
     async def render(self, row: dict[str, Any]) -> Preview:
         """The messages of the event `row` (a worker.events row), rendered from today's data."""
-        sender = SENDERS.get(row["kind"])
-        if sender is None:
+        if row["kind"] not in CONTEXTS:
             return Preview([], f"{row['kind']} sends no message")
         event = Event(
             row["id"],
@@ -90,19 +81,18 @@ class Previewer:
         data = (await self._loader.prepare([event])).get(event.id)
         if data is None:
             return Preview([], "its data could not be read")
-        scope = _KeepingScope(self._dispatcher, event.id)
-        with delivering(scope):
-            try:
-                # The whole message set, not only what the ledger lacks.
-                await sender(event, dataclasses.replace(data, ledger=frozenset()))
-            except PermanentDeliveryError as exc:
-                return Preview([], mask_text(str(exc)))
-            except Exception as exc:  # a row the templates cannot take must not break the page
-                log.warning("console.preview_failed", event_id=event.id, error=type(exc).__name__)
-                return Preview([], f"rendering failed ({type(exc).__name__})")
-        if not scope.kept:
+        scope = _UncountedScope(self._dispatcher, event.id)
+        try:
+            # The whole message set, not only what the ledger lacks.
+            outgoing = compose_event(scope, event, dataclasses.replace(data, ledger=frozenset()))
+        except PermanentDeliveryError as exc:
+            return Preview([], mask_text(str(exc)))
+        except Exception as exc:  # a row the templates cannot take must not break the page
+            log.warning("console.preview_failed", event_id=event.id, error=type(exc).__name__)
+            return Preview([], f"rendering failed ({type(exc).__name__})")
+        if outgoing is None or not outgoing.messages:
             return Preview([], "no message would be sent now (skipped or no recipient)")
-        return Preview([_shown(message) for message in scope.kept])
+        return Preview([_shown(message) for message in outgoing.messages])
 
 
 def _shown(message: Message) -> PreviewMessage:
