@@ -27,17 +27,18 @@ VALUES (%(id)s, %(recipient_type)s, %(recipient_id)s, %(booking_id)s, %(type)s, 
 ON CONFLICT (id) DO NOTHING;
 
 -- name: take_rate_slot
--- Book the next free request slot on a provider's shared clock (slots `interval` seconds apart),
--- unless the clock is already booked more than `horizon` seconds ahead. Returns (wait, backlog):
--- seconds until the booked slot (NULL when not booked) and how far ahead the clock was booked.
+-- Book the next %(count)s free request slots on a provider's shared clock (slots `interval`
+-- seconds apart), unless the clock is already booked more than `horizon` seconds ahead. Returns
+-- (wait, backlog): seconds until the first booked slot (NULL when none was booked; the others
+-- follow it `interval` apart) and how far ahead the clock was booked.
 WITH booked AS (
     INSERT INTO worker.rate_limits AS r (provider, tat)
-    VALUES (%(provider)s, now() + make_interval(secs => %(interval)s))
+    VALUES (%(provider)s, now() + make_interval(secs => %(interval)s * %(count)s))
     ON CONFLICT (provider) DO UPDATE
-    SET tat = greatest(r.tat, now()) + make_interval(secs => %(interval)s)
+    SET tat = greatest(r.tat, now()) + make_interval(secs => %(interval)s * %(count)s)
     WHERE r.tat <= now() + make_interval(secs => %(horizon)s)
     RETURNING r.tat
 )
-SELECT (SELECT extract(epoch FROM tat - now())::float8 - %(interval)s FROM booked),
+SELECT (SELECT extract(epoch FROM tat - now())::float8 - %(interval)s * %(count)s FROM booked),
        coalesce((SELECT extract(epoch FROM tat - now())::float8
                  FROM worker.rate_limits WHERE provider = %(provider)s), 0)

@@ -4,6 +4,14 @@ Resend allows RESEND_RATE_PER_SECOND requests per API key and Twilio TWILIO_RATE
 account, however many worker processes send. Each provider has one clock row; a request books the
 next free slot on it with ONE statement (`take_rate_slot`) and sleeps until its slot.
 
+* **One statement for many**: bulk requests of this process that want a slot at the same time
+  (an event's three WhatsApp messages, a batch of events) share one booking of as many
+  consecutive slots (`_book_together`): one round trip and one row lock for all of them, instead
+  of one each, which at a few hundred messages a second queued the claim loop's own statements
+  behind the limiter's for the pool's connections (bench: SDK bookings p99 102 ms instead of
+  28). A batch never holds more slots than fit in the bulk lead, so the clock is booked at most
+  about twice that lead ahead (see "Urgent first").
+
 * **Spacing** (GCRA without burst): slots are `(1 + SPACING_MARGIN) / rate` apart, a little more
   than `1 / rate`, so that rate + 1 consecutive requests span one second plus SPACING_MARGIN
   seconds: one request may reach the provider that much later than the next one's and still
@@ -13,10 +21,11 @@ next free slot on it with ONE statement (`take_rate_slot`) and sleeps until its 
   book up to RATE_LIMIT_URGENT_MAX_WAIT_SECONDS ahead. Bulk requests may only book the next slot
   (at most `BULK_LEAD_SECONDS` ahead, or one interval if longer), and one process's bulk
   requests take turns to book (one of them asks the database at a time), so the clock is never
-  booked far ahead with bulk: whatever the bulk backlog, an urgent request finds at most that
-  lead and one interval in front of it. Under a strict per-second quota it cannot do better: a
-  slot already promised to a bulk request cannot be given away. (A bulk request first tries to
-  book at once, concurrently: only when the clock is full does it join the turns.)
+  booked far ahead with bulk: whatever the bulk backlog, an urgent request finds at most twice
+  that lead and one interval in front of it (a batch booked when the clock was just within the
+  lead). Under a strict per-second quota it cannot do better: a slot already promised to a bulk
+  request cannot be given away. (Bulk requests first try to book at once, together: only when
+  the clock is full do they join the turns.)
 * **Throttled, not stuck**: a bulk request that cannot book within RATE_LIMIT_MAX_WAIT_SECONDS
   raises `TransientDeliveryError(code="throttled", throttled=True)` instead of holding its event's slot; the
   event is retried later, and what was already sent for it is in the ledger. Its `retry_after`
@@ -64,6 +73,10 @@ class SharedRateLimiter:
         self.bulk_horizon = min(self.max_wait, max(self.interval, BULK_LEAD_SECONDS))
         self._turn = asyncio.Lock()  # one bulk booker of this process asks the database at a time
         self._queued = 0  # bulk requests of this process waiting for a slot
+        #: Bulk requests waiting to be booked together, and the task booking them.
+        self._together: list[asyncio.Future[tuple[float | None, float]]] = []
+        self._booker: asyncio.Task[None] | None = None
+        self._batch_limit = max(1, int(self.bulk_horizon / self.interval))
 
     async def acquire(self, *, urgent: bool = False) -> None:
         """Return at this request's slot, or raise `TransientDeliveryError(code="throttled")`."""
@@ -72,7 +85,7 @@ class SharedRateLimiter:
             if urgent:
                 wait, backlog = await self._book(self.urgent_horizon)
             else:
-                wait, backlog = await self._book(self.bulk_horizon)
+                wait, backlog = await self._book_together()
                 if wait is None:
                     wait, backlog = await self._bulk_slot()
             if wait is None:
@@ -112,9 +125,36 @@ class SharedRateLimiter:
         finally:
             self._queued -= 1
 
-    async def _book(self, horizon: float) -> tuple[float | None, float]:
-        """(seconds until the booked slot or None, seconds the clock was booked ahead)."""
-        params = {"provider": self.provider, "interval": self.interval, "horizon": horizon}
+    async def _book_together(self) -> tuple[float | None, float]:
+        """A bulk slot booked in one statement with the other bulk requests of this moment:
+        (seconds until this request's slot or None when the clock is full, backlog)."""
+        waiting: asyncio.Future[tuple[float | None, float]] = asyncio.get_running_loop().create_future()
+        self._together.append(waiting)
+        if self._booker is None or self._booker.done():
+            self._booker = asyncio.create_task(self._book_waiting(), name=f"{self.provider}-slots")
+        return await waiting
+
+    async def _book_waiting(self) -> None:
+        """Book the waiting requests' slots, `_batch_limit` at a time, until none is left. A
+        task of its own: a request cancelled while it waits cannot strand the others."""
+        while self._together:
+            batch = self._together[: self._batch_limit]
+            del self._together[: len(batch)]
+            try:
+                first, backlog = await self._book(self.bulk_horizon, len(batch))
+            except TransientDeliveryError as exc:
+                for waiting in batch:
+                    if not waiting.done():
+                        waiting.set_exception(exc)
+                continue
+            for position, waiting in enumerate(batch):
+                if not waiting.done():  # a cancelled request's slot goes unused
+                    waiting.set_result((None if first is None else first + position * self.interval, backlog))
+
+    async def _book(self, horizon: float, count: int = 1) -> tuple[float | None, float]:
+        """(seconds until the first of `count` booked slots or None, seconds the clock was
+        booked ahead)."""
+        params = {"provider": self.provider, "interval": self.interval, "horizon": horizon, "count": count}
         try:
             async with self.pool.connection() as conn:
                 cur = await conn.execute(TAKE_SLOT, params)
