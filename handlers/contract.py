@@ -97,6 +97,10 @@ class Outcome:
 class EventHandler(Protocol):
     """What the claim loop needs from the handlers package."""
 
+    #: Kinds someone is waiting for right now (a login code): the claim loop claims and starts
+    #: them at once, never queued behind bulk events it already holds.
+    urgent_kinds: frozenset[str]
+
     async def prepare(self, events: Sequence[Event]) -> Any:
         """Load, in as few queries as possible, what the batch's messages need."""
 

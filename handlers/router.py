@@ -23,6 +23,7 @@ from core.queries import load_queries
 from handlers.contract import Event, Outcome, PermanentDeliveryError, RecordDelivery, TransientDeliveryError
 from handlers.delivery import DeliveryScope, Dispatcher, Outgoing, install_dispatcher
 from handlers.models import Application, Booking, MessageContext, OtpCode, Person
+from handlers.routing import URGENT_KINDS
 from handlers.transports import build_transports, provider_guards
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ UNPAYABLE_STATUSES = frozenset({"cancelled", "completed"})
 
 class NotificationRouter:
     """Routes every catalog event to its WhatsApp, email and in-app deliveries."""
+
+    urgent_kinds = URGENT_KINDS
 
     def __init__(self, settings: Settings, pool: AsyncConnectionPool) -> None:
         self.pool = pool

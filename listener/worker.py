@@ -66,6 +66,10 @@ def new_worker_id() -> str:
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+#: Login codes are looked for at most this often while the claim loop has no room for a batch
+#: (it is woken by every flush under load): a login waits at most this long for its claim.
+URGENT_PROBE_SECONDS = 0.05
+
 #: How long a closing worker keeps trying to write its last records and outcomes.
 CLOSING_FLUSH_SECONDS = 5.0
 
@@ -118,6 +122,10 @@ class Worker:
         #: but no more than twice this many are held in all, whatever the flusher's pace.
         self._max_claimed = settings.worker_concurrency + settings.claim_batch_size
         self._unhandled = 0
+        #: Login codes being handled (beside the WORKER_CONCURRENCY slots), and when the claim
+        #: loop last looked for them while it had no room for a batch.
+        self._urgent_running = 0
+        self._last_urgent_probe = float("-inf")
         #: Free room worth a claim while events are in flight (idle: any room is).
         self._refill_at = max(1, min(settings.claim_batch_size, self._max_claimed // 2))
         self._flushing: set[int] = set()  # ids being written right now (neither buffered nor done)
@@ -182,7 +190,7 @@ class Worker:
             while not self._stopping.is_set():
                 if not self._solo.isdisjoint(self._inflight):
                     # Suspects run alone, but for login codes: someone waits for those.
-                    await self._claim_urgent_beside_suspects()
+                    await self._claim_urgent()
                     break
                 self._solo = frozenset()
                 if self._suspect_waiting:
@@ -194,7 +202,9 @@ class Worker:
                 held_room = 2 * self._max_claimed - len(self._inflight)  # handled, unwritten too
                 if free <= 0 or held_room <= 0 or (self._unhandled and free < self._refill_at):
                     # Under load, wait for a good share of the slots: one claim of many
-                    # events costs one round trip and one commit, like a claim of one.
+                    # events costs one round trip and one commit, like a claim of one. Login
+                    # codes do not wait for them.
+                    await self._claim_urgent()
                     break  # handlers finishing (or a flush) free slots and wake us
                 try:
                     claimed = await self._claim(min(free, held_room, self.settings.claim_batch_size))
@@ -229,14 +239,22 @@ class Worker:
         await self._start(group)
         return True
 
-    async def _claim_urgent_beside_suspects(self) -> None:
-        """While a group of suspects runs alone, login codes still go out (at most a slot's
-        worth; should the worker die now, they go back as plain events, not suspects: sql/008)."""
-        room = self._max_claimed - self._unhandled
+    async def _claim_urgent(self) -> None:
+        """Claim login codes while the claim loop holds no room for a batch (its slots taken by
+        bulk events waiting for a provider's quota) or runs suspects alone (should the worker die
+        now, they go back as plain events, not suspects: sql/008). They start at once, beside the
+        running handlers (`_handle`), at most WORKER_CONCURRENCY of them; one probe every
+        URGENT_PROBE_SECONDS at most, however often the loop is woken."""
+        room = self.settings.worker_concurrency - self._urgent_running
+        wait = self._last_urgent_probe + URGENT_PROBE_SECONDS - time.monotonic()
         if room <= 0:
             return
+        if wait > 0:  # probed a moment ago: look again once the interval is over
+            asyncio.get_running_loop().call_later(wait, self.wake.set)
+            return
+        self._last_urgent_probe = time.monotonic()
         try:
-            urgent = await self._claim(min(room, self.settings.worker_concurrency), urgent=True)
+            urgent = await self._claim(room, urgent=True)
         except psycopg.Error as exc:
             self._log.warning("worker.claim_failed", error=str(exc))
             return
@@ -278,8 +296,12 @@ class Worker:
             self._unhandled += 1
 
     async def _handle(self, event: Event, context: Any) -> None:
+        # A login code does not queue for a handler slot behind bulk events (they may all be
+        # waiting for an email quota); `_claim_urgent` bounds how many run this way.
+        urgent = event.kind in self.handler.urgent_kinds
+        self._urgent_running += urgent
         try:
-            async with self._running:
+            async with contextlib.nullcontext() if urgent else self._running:
                 if self._stopping.is_set():  # claimed but never started: give it back untouched
                     self._complete(event, Outcome(), status="released")
                     return
@@ -294,6 +316,7 @@ class Worker:
             self._complete(event, outcome)
         finally:
             self._unhandled -= 1
+            self._urgent_running -= urgent
             if self._max_claimed - self._unhandled == self._refill_at:
                 self.wake.set()  # room for a claim worth its round trip
 

@@ -15,6 +15,8 @@ log = structlog.get_logger(__name__)
 class LoggingHandler:
     """Marks every event handled after one log line (no messages are sent)."""
 
+    urgent_kinds: frozenset[str] = frozenset()
+
     async def prepare(self, events: Sequence[Event]) -> None:
         return None
 

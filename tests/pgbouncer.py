@@ -56,6 +56,19 @@ def _unprivileged_user() -> str | None:
     raise RuntimeError("running as root, and no unprivileged user for pgbouncer")
 
 
+def unreachable_reason(server: str) -> str | None:
+    """Why a pooler started here could not reach `server`, or None. Run as root, PgBouncer
+    switches to an unprivileged user, who cannot open a Unix socket in root's private temporary
+    directory (the embedded server's, when TEST_DATABASE_URL is not set)."""
+    host = str(conninfo_to_dict(server).get("host") or "")
+    if host.startswith("/") and _unprivileged_user() is not None:
+        return (
+            f"the test server listens only on a socket in {host}, which pgbouncer (run as "
+            f"{_unprivileged_user()}, not root) cannot open: set TEST_DATABASE_URL to a TCP server"
+        )
+    return None
+
+
 class PgBouncer:
     """One pgbouncer process; `url(conninfo)` is the same database reached through it."""
 
@@ -96,7 +109,11 @@ class PgBouncer:
             command[1:1] = ["-u", runner]
         self._server = server
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self._answers, timeout=15, message=f"pgbouncer ({mode}) accepting connections")
+        try:
+            wait_until(self._answers, timeout=15, message=f"pgbouncer ({mode}) accepting connections")
+        except BaseException:
+            self.stop()  # no pooler left running behind a failed start
+            raise
 
     def url(self, conninfo: str) -> str:
         """`conninfo`'s database through this pooler."""

@@ -48,6 +48,8 @@ Script = Callable[[Event], "Outcome | tuple[list[DeliveryRecord], Outcome]"]
 
 
 class ScriptedHandler:
+    urgent_kinds = frozenset({"otp.created"})
+
     def __init__(self, script: Script | None = None, delay: float = 0.0, jitter: float = 0.0) -> None:
         self.script = script or (lambda event: Outcome())
         self.delay = delay

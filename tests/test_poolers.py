@@ -21,7 +21,7 @@ from core.db import create_pool
 from scheduler.runs import run_job_now
 from testkit.fake_providers import FakeProviders, worker_env
 from tests.appdata import add_bookings, status_counts
-from tests.pgbouncer import MISSING, PGBOUNCER, PgBouncer, pgbouncer
+from tests.pgbouncer import MISSING, PGBOUNCER, PgBouncer, pgbouncer, unreachable_reason
 from tests.processes import REPO
 from tests.waiting import wait_until
 from tests.worker_settings import fast_settings
@@ -34,12 +34,16 @@ MESSAGES_PER_BOOKING = 4
 
 @pytest.fixture(scope="module")
 def transaction_pooler(pg_admin: str) -> Iterator[PgBouncer]:
+    if reason := unreachable_reason(pg_admin):
+        pytest.skip(reason)
     with pgbouncer(pg_admin, "transaction") as bouncer:
         yield bouncer
 
 
 @pytest.fixture(scope="module")
 def session_pooler(pg_admin: str) -> Iterator[PgBouncer]:
+    if reason := unreachable_reason(pg_admin):
+        pytest.skip(reason)
     with pgbouncer(pg_admin, "session") as bouncer:
         yield bouncer
 
