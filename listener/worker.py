@@ -20,6 +20,9 @@ Shape of one worker process:
 * events freed from a dead worker are suspects (sql/008): they run in groups, each group alone
   (nothing else in flight), groups back to back; a group that takes its worker down too is
   halved, so a poison event is cornered in a few crashes and its bystanders lose nothing;
+* login codes (the handler's `urgent_kinds`) are claimed before older events, also while the
+  loop has no room for a batch or runs suspects alone, and start at once beside the running
+  handlers: a login never waits behind bulk events held for a provider's quota;
 * on stop, running handlers get SHUTDOWN_GRACE_SECONDS; claimed events that never started go
   back to pending untouched.
 
