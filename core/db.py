@@ -60,24 +60,35 @@ def redacted_target(conninfo: str) -> str:
     return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
 
 
-#: How the pool's connections are opened. `prepare_threshold=None`: no server-side prepared
-#: statements, ever (psycopg then ignores `execute(..., prepare=True)` too). Behind a transaction
-#: pooler (Supabase's port 6543, PgBouncer in transaction mode) consecutive statements of one
-#: client run on different server connections, so psycopg's named statements (`_pg3_0`, ...)
-#: collide with other clients' or vanish. What preparing could save is the planning of a batch's
-#: three statements: 0.6 ms per batch of 200 events, 3 us per event against the 240 us an event
-#: takes in the drain (`python -m testkit.bench.planning`; README "Performance"). That is too
-#: little to justify detecting poolers (and getting it wrong): the pool never prepares.
+#: How the pool's connections are opened: autocommit (explicit transactions where needed), and
+#: no server-side prepared statements unless `create_pool(prepare=True)`.
 WORK_CONNECTION_KWARGS: dict[str, object] = {"autocommit": True, "prepare_threshold": None}
 
+#: psycopg's own default: a statement is prepared on the server after this many executions, so
+#: the claim, the batch's message data and the outcomes are, and one-off statements are not.
+PREPARE_THRESHOLD = 5
 
-def create_pool(conninfo: str, max_size: int) -> AsyncConnectionPool:
-    """The pool the claim loop, the ledger and the jobs share (autocommit; explicit transactions)."""
+
+def create_pool(conninfo: str, max_size: int, *, prepare: bool = False) -> AsyncConnectionPool:
+    """The pool the claim loop, the ledger and the jobs share (autocommit; explicit transactions).
+
+    `prepare`: let psycopg prepare the statements it runs often. Only where `conninfo` keeps a
+    session: behind a transaction pooler (Supabase's port 6543, PgBouncer in transaction mode)
+    consecutive statements of one client run on different server connections, and psycopg's
+    named statements (`_pg3_0`, ...) collide with other clients' or vanish. `run` prepares when
+    DATABASE_URL also serves LISTEN (no LISTEN_DATABASE_URL), which its preflight has proven
+    keeps a session (a transaction pooler loses the LISTEN, and `run` refuses to start on one).
+    What it saves, measured with the null-transport drain (20,000 events, old and new
+    interleaved, three rounds, 2026-12-04): database CPU 57-62 us per event instead of 81-114,
+    and 5,030-5,453 events/s instead of 3,993-4,742 (the code before the delivery engine, which
+    prepared its three hot statements: 5,197-5,897).
+    """
+    kwargs = {**WORK_CONNECTION_KWARGS, "prepare_threshold": PREPARE_THRESHOLD if prepare else None}
     return AsyncConnectionPool(
         tuned_conninfo(conninfo),
         min_size=2,
         max_size=max(2, max_size),
-        kwargs=dict(WORK_CONNECTION_KWARGS),
+        kwargs=kwargs,
         # No per-checkout ping (a round trip on every query): a connection broken by a server
         # restart fails its statement once, the caller retries, and the pool replaces it.
         open=False,

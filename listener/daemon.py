@@ -88,7 +88,8 @@ def settle_garbage_collector() -> None:
 async def run_daemon(settings: Settings, conninfo: str, session_conninfo: str) -> None:
     """Run until SIGTERM/SIGINT; return after a graceful shutdown. The work goes through
     `conninfo` (which may be a transaction pooler); LISTEN through `session_conninfo`."""
-    pool = create_pool(conninfo, settings.db_pool_max_size)
+    # DATABASE_URL serving LISTEN too has been proven to keep a session (preflight): it may prepare.
+    pool = create_pool(conninfo, settings.db_pool_max_size, prepare=settings.listen_database_url is None)
     await pool.open(wait=False)
     handler = build_handler(settings, pool)
     worker = Worker(pool, handler, settings)
