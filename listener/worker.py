@@ -140,6 +140,7 @@ class Worker:
         #: Since when (monotonic) our heartbeats have gone through without a gap; None while not.
         self._heard_since: float | None = None
         self._last_heard: float | None = None
+        self._claims_paused = False
         #: What fails right now ("claims", "outcome writes") and the error's type, for /healthz:
         #: set where the failure is caught, cleared by the next success.
         self.failing: dict[str, str] = {}
@@ -191,6 +192,8 @@ class Worker:
                 await asyncio.wait_for(self.wake.wait(), self.settings.poll_interval_seconds)
             self.wake.clear()
             while not self._stopping.is_set():
+                if not self._heard_recently():
+                    break  # a successful heartbeat wakes us
                 if not self._solo.isdisjoint(self._inflight):
                     # Suspects run alone, but for login codes: someone waits for those.
                     await self._claim_urgent()
@@ -220,6 +223,19 @@ class Worker:
                 if not claimed:
                     break
                 await self._start(claimed)
+
+    def _heard_recently(self) -> bool:
+        """Whether our heartbeat went through within half the stale threshold. A worker whose
+        heartbeat fails while its pool still works (a lock on worker.workers, a heartbeat
+        connection that cannot get through) would soon be taken for dead, its claims handed to
+        others while it still sends them: it claims nothing more until a heartbeat succeeds."""
+        heard = self._last_heard is not None and (
+            time.monotonic() - self._last_heard <= self.settings.stale_after_seconds / 2
+        )
+        if not heard and not self._claims_paused:
+            self._claims_paused = True
+            self._log.warning("worker.claims_paused", reason="no heartbeat for half the stale threshold")
+        return heard
 
     async def _start_suspect(self) -> bool:
         """Claim a group of events freed from a crashed worker and run it alone (nothing else in
@@ -526,6 +542,10 @@ class Worker:
                 if self._heard_since is None or gap > self.settings.stale_after_seconds / 2:
                     self._heard_since = now  # heard again after a silence: start counting anew
                 self._last_heard = now
+                if self._claims_paused:
+                    self._claims_paused = False
+                    self._log.info("worker.claims_resumed")
+                    self.wake.set()
                 # Only a worker that has heard the database for a whole stale period may call
                 # another silent: after an outage everyone saw, the others need as long to return.
                 if now - self._heard_since >= self.settings.stale_after_seconds:

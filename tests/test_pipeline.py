@@ -522,3 +522,26 @@ async def test_login_codes_are_claimed_before_an_older_backlog(db: psycopg.Conne
         await wait_all_finished(db, 41)
     kinds = [event.kind for event in handler.handled]
     assert "otp.created" in kinds[:5]
+
+
+async def test_a_worker_whose_heartbeat_fails_claims_nothing_until_it_beats_again(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """Its pool still works but its heartbeat cannot get through (here: worker.workers locked):
+    soon others would take it for dead and hand its claims on while it still sent them, so it
+    claims nothing from half the stale threshold on, and resumes at its next heartbeat."""
+    handler = ScriptedHandler()
+    async with Running(db_url, handler) as running:
+        settings = running.settings
+        await async_wait_until(lambda: db.execute("SELECT 1 FROM worker.workers").fetchone(),
+                               timeout=10, message="the worker registered")
+        with psycopg.connect(db_url) as locker:
+            locker.execute("LOCK TABLE worker.workers IN ACCESS EXCLUSIVE MODE")
+            # Its last heartbeat is now more than half the stale threshold old.
+            await asyncio.sleep(settings.stale_after_seconds / 2 + settings.heartbeat_seconds + 0.5)
+            add_bookings(db, 5)
+            await asyncio.sleep(1.0)  # five poll intervals and a NOTIFY
+            assert status_counts(db) == {"pending": 5}
+            locker.rollback()
+        await wait_all_finished(db, 5, timeout=15)
+    assert len(handler.handled) == 5
