@@ -545,3 +545,20 @@ async def test_a_worker_whose_heartbeat_fails_claims_nothing_until_it_beats_agai
             locker.rollback()
         await wait_all_finished(db, 5, timeout=15)
     assert len(handler.handled) == 5
+
+
+async def test_the_last_try_comes_at_the_deadline_not_a_backoff_past_it(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """A backoff longer than what is left of the deadline is cut to the deadline: the message
+    gets its last chance then, and the event fails right after, not a whole backoff later."""
+    add_bookings(db, 1)
+    handler = ScriptedHandler(lambda e: Outcome(error=TransientDeliveryError("still down")))
+    started = time.monotonic()
+    async with Running(db_url, handler, event_deadlines={"booking.created": 1.5},
+                       retry_base_seconds=30, retry_max_seconds=60):
+        await wait_all_finished(db, 1)
+    [event] = events(db)
+    assert event["status"] == "failed" and "gave up at its deadline" in event["last_error"]
+    assert len(handler.handled) >= 2  # the first try, and the last one at the deadline
+    assert time.monotonic() - started < 10

@@ -208,3 +208,41 @@ async def test_an_unexpected_error_keeps_what_went_out_and_the_retry_sends_only_
         ("in_app", "performer"),
     ]
     assert len(provider.sent) == 4  # nothing sent twice
+
+
+class Refusing:
+    """A provider answering every request with the same transient error."""
+
+    name = "refusing"
+
+    def __init__(self, error: TransientDeliveryError) -> None:
+        self.error = error
+
+    async def send(self, message: Message) -> Sent:
+        raise self.error
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("whatsapp_throttled", "email_throttled"), [(True, True), (True, False), (False, True)]
+)
+async def test_an_event_is_throttled_only_if_every_error_was_a_throttle(
+    whatsapp_throttled: bool, email_throttled: bool
+) -> None:
+    """A throttle (429, an open circuit) counts no attempt; one real failure beside it does, and
+    the event still waits for the longest Retry-After it was given."""
+    throttle = TransientDeliveryError("429", retry_after=3.0, code="throttled", throttled=True)
+    failure = TransientDeliveryError("HTTP 500", code="http_500")
+    transports = {
+        "whatsapp": Refusing(throttle if whatsapp_throttled else failure),
+        "email": Refusing(throttle if email_throttled else failure),
+        "in_app": NullTransport(),
+    }
+    dispatcher = Dispatcher(null_dispatcher().settings, transports)
+    event = Event(7, "booking.created", "s", {}, 1, None, datetime.now(UTC))
+    outcome = await handle_event(dispatcher, event, event_data(), [].append)
+    assert isinstance(outcome.error, TransientDeliveryError)
+    assert outcome.error.throttled is (whatsapp_throttled and email_throttled)
+    assert outcome.error.retry_after == 3.0

@@ -31,7 +31,14 @@ from testkit.bench.workload import (
 )
 
 #: Worker settings common to every scenario: quiet logs, no scheduler, fast polling.
-BASE_ENV = {"LOG_LEVEL": "WARNING", "SCHEDULER_ENABLED": "false"}
+#: A configured deployment: with no admin address, every booking would also log its unsent
+#: admin message (`delivery.failed missing_address`), which is not what a real dyno does.
+BASE_ENV = {
+    "LOG_LEVEL": "WARNING",
+    "SCHEDULER_ENABLED": "false",
+    "ADMIN_WHATSAPP": "+61400000000",
+    "ADMIN_EMAIL": "admin@flavor.example",
+}
 #: The fake has no rate limit; the worker's client-side limits must not be what is measured.
 UNTHROTTLED = {"TWILIO_RATE_PER_SECOND": "100000", "RESEND_RATE_PER_SECOND": "100000"}
 
