@@ -242,6 +242,14 @@ class Settings:
                 f"WORKER_RETENTION_DAYS ({self.worker_retention_days}) must be longer than the reminder"
                 f" windows ({window_days:g} days), or reminders would be sent again"
             ])
+        # A worker whose last heartbeat is half the stale threshold old stops claiming (others
+        # would soon take it for dead): two heartbeats must fit in that half.
+        if self.heartbeat_seconds * 2 > self.stale_after_seconds / 2:
+            raise SettingsError([
+                f"HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be at most a quarter of"
+                f" STALE_AFTER_SECONDS ({self.stale_after_seconds:g}), or a live worker would pause"
+                " its claims between heartbeats and could be taken for dead"
+            ])
 
     def deadline_seconds(self, kind: str) -> float:
         """How long after its creation an event of `kind` is retried (EVENT_DEADLINES first)."""

@@ -198,7 +198,10 @@ def run(app: AppContext) -> None:
     except StartRefused as exc:
         _log().error("daemon.cannot_start", error=str(exc))
         raise SystemExit(1) from None
-    asyncio.run(run_daemon(app.settings, app.conninfo, app.session_conninfo))
+    # DATABASE_URL serving LISTEN too was just proven by the preflight to keep a session: the
+    # pool may prepare its statements. With LISTEN_DATABASE_URL set it may be a transaction pooler.
+    keeps_session = app.settings.listen_database_url is None
+    asyncio.run(run_daemon(app.settings, app.conninfo, app.session_conninfo, prepare=keeps_session))
 
 
 @main.command()

@@ -85,11 +85,13 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-async def run_daemon(settings: Settings, conninfo: str, session_conninfo: str) -> None:
+async def run_daemon(
+    settings: Settings, conninfo: str, session_conninfo: str, *, prepare: bool = False
+) -> None:
     """Run until SIGTERM/SIGINT; return after a graceful shutdown. The work goes through
-    `conninfo` (which may be a transaction pooler); LISTEN through `session_conninfo`."""
-    # DATABASE_URL serving LISTEN too has been proven to keep a session (preflight): it may prepare.
-    pool = create_pool(conninfo, settings.db_pool_max_size, prepare=settings.listen_database_url is None)
+    `conninfo` (which may be a transaction pooler); LISTEN through `session_conninfo`.
+    `prepare`: `conninfo` is known to keep a session (core.db.create_pool)."""
+    pool = create_pool(conninfo, settings.db_pool_max_size, prepare=prepare)
     await pool.open(wait=False)
     handler = build_handler(settings, pool)
     worker = Worker(pool, handler, settings)

@@ -129,6 +129,7 @@ class Worker:
         #: loop last looked for them while it had no room for a batch.
         self._urgent_running = 0
         self._last_urgent_probe = float("-inf")
+        self._urgent_probe_due = False
         #: Free room worth a claim while events are in flight (idle: any room is).
         self._refill_at = max(1, min(settings.claim_batch_size, self._max_claimed // 2))
         self._flushing: set[int] = set()  # ids being written right now (neither buffered nor done)
@@ -201,6 +202,7 @@ class Worker:
                 self._solo = frozenset()
                 if self._suspect_waiting:
                     if self._inflight:
+                        await self._claim_urgent()  # login codes do not wait for that
                         break  # let what runs finish, then the suspect goes alone
                     if await self._start_suspect():
                         continue
@@ -234,6 +236,7 @@ class Worker:
         )
         if not heard and not self._claims_paused:
             self._claims_paused = True
+            self.failing["heartbeat"] = "claims paused"  # /healthz answers 503 meanwhile
             self._log.warning("worker.claims_paused", reason="no heartbeat for half the stale threshold")
         return heard
 
@@ -268,8 +271,10 @@ class Worker:
         wait = self._last_urgent_probe + URGENT_PROBE_SECONDS - time.monotonic()
         if room <= 0:
             return
-        if wait > 0:  # probed a moment ago: look again once the interval is over
-            asyncio.get_running_loop().call_later(wait, self.wake.set)
+        if wait > 0:  # probed a moment ago: look again once the interval is over (one timer)
+            if not self._urgent_probe_due:
+                self._urgent_probe_due = True
+                asyncio.get_running_loop().call_later(wait, self._urgent_probe_time)
             return
         self._last_urgent_probe = time.monotonic()
         try:
@@ -279,6 +284,10 @@ class Worker:
             return
         if urgent:
             await self._start(urgent)
+
+    def _urgent_probe_time(self) -> None:
+        self._urgent_probe_due = False
+        self.wake.set()
 
     async def _claim(self, limit: int, suspects: bool = False, urgent: bool = False) -> list[Event]:
         params = {"limit": limit, "worker_id": self.worker_id, "suspects": suspects, "urgent": urgent}
@@ -316,8 +325,11 @@ class Worker:
 
     async def _handle(self, event: Event, context: Any) -> None:
         # A login code does not queue for a handler slot behind bulk events (they may all be
-        # waiting for an email quota); `_claim_urgent` bounds how many run this way.
-        urgent = event.kind in self.handler.urgent_kinds
+        # waiting for an email quota): up to WORKER_CONCURRENCY of them run beside the slots.
+        urgent = (
+            event.kind in self.handler.urgent_kinds
+            and self._urgent_running < self.settings.worker_concurrency
+        )
         self._urgent_running += urgent
         try:
             async with contextlib.nullcontext() if urgent else self._running:
@@ -544,6 +556,7 @@ class Worker:
                 self._last_heard = now
                 if self._claims_paused:
                     self._claims_paused = False
+                    self.failing.pop("heartbeat", None)
                     self._log.info("worker.claims_resumed")
                     self.wake.set()
                 # Only a worker that has heard the database for a whole stale period may call

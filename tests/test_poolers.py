@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from core.db import PREPARE_THRESHOLD, create_pool
+from core.db import create_pool
 from scheduler.runs import run_job_now
 from testkit.fake_providers import FakeProviders, worker_env
 from tests.appdata import add_bookings, status_counts
@@ -178,18 +178,3 @@ def test_migrate_needs_a_session_connection_too(empty_db_url: str, transaction_p
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("migrations applied: 001_worker_schema.sql")
 
-
-async def test_the_pool_prepares_only_when_asked(db_url: str) -> None:
-    """`run` asks for prepared statements only where DATABASE_URL keeps a session (no
-    LISTEN_DATABASE_URL); the transaction pooler tests above run with one and would collide."""
-    for prepare, expected in ((True, 1), (False, 0)):
-        pool = create_pool(db_url, 2, prepare=prepare)
-        await pool.open()
-        try:
-            async with pool.connection() as conn:
-                for _ in range(PREPARE_THRESHOLD + 1):
-                    await conn.execute("SELECT count(*) FROM worker.events WHERE id = %s", (1,))
-                cur = await conn.execute("SELECT count(*) FROM pg_prepared_statements")
-                assert (await cur.fetchone()) == (expected,)
-        finally:
-            await pool.close()

@@ -472,7 +472,7 @@ def test_a_tick_running_on_a_killed_worker_is_taken_over(
     assert orphan["status"] == "running"
 
     async def survivor_takes_over() -> None:
-        settings = job_settings(db_url, stale_after_seconds=1)
+        settings = job_settings(db_url, stale_after_seconds=1, heartbeat_seconds=0.25)
         async with open_pool(db_url) as pool:
             survivor = JobScheduler(pool, settings, worker_id="survivor")
 

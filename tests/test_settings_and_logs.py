@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import structlog
 
 from core.logs import configure_logging
 from core.redaction import mask_phone, mask_text
+from core.settings import Settings, SettingsError
 from tests.processes import REPO
 
 
@@ -172,3 +174,12 @@ def test_a_rule_across_settings_is_one_line_without_echoing_any_value() -> None:
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("configuration error: WORKER_RETENTION_DAYS (2) must be longer")
     assert "a-cron-secret-value-123" not in result.stderr
+
+
+def test_a_heartbeat_too_slow_for_the_stale_threshold_is_refused() -> None:
+    """A worker pauses its claims once its last heartbeat is half the stale threshold old: two
+    heartbeats must fit in that half, or a live worker would pause between beats."""
+    with pytest.raises(SettingsError) as refused:
+        Settings(heartbeat_seconds=3, stale_after_seconds=10)
+    assert "HEARTBEAT_SECONDS (3) must be at most a quarter of STALE_AFTER_SECONDS (10)" in str(refused.value)
+    Settings(heartbeat_seconds=2.5, stale_after_seconds=10)  # the limit itself is fine

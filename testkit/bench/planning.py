@@ -1,7 +1,8 @@
 """How much of the drain's database time is planning, as EXPLAIN reports it: part of what
 server-side prepared statements save (core/db.py says when the work pool prepares; the drain
-with and without is in the README's Performance section). `python -m testkit.bench.planning [ADMIN_CONNINFO]` creates a scratch database, queues
-one batch of `booking.created` events, and reads PostgreSQL's own planning and execution times
+with and without is in the README's Performance section).
+`python -m testkit.bench.planning [ADMIN_CONNINFO]` creates a scratch database, queues one
+batch of `booking.created` events, and reads PostgreSQL's own planning and execution times
 (EXPLAIN ANALYZE, each statement rolled back) of the three statements every batch runs: the
 claim, the batch's message data, the outcomes with four ledger rows per event. Server-side
 times, so a busy machine moves them far less than it moves a throughput figure.
