@@ -78,10 +78,9 @@ def create_pool(conninfo: str, max_size: int, *, prepare: bool = False) -> Async
     named statements (`_pg3_0`, ...) collide with other clients' or vanish. `run` prepares when
     DATABASE_URL also serves LISTEN (no LISTEN_DATABASE_URL), which its preflight has proven
     keeps a session (a transaction pooler loses the LISTEN, and `run` refuses to start on one).
-    What it saves, measured with the null-transport drain (20,000 events, old and new
-    interleaved, three rounds, 2026-12-04): database CPU 57-62 us per event instead of 81-114,
-    and 5,030-5,453 events/s instead of 3,993-4,742 (the code before the delivery engine, which
-    prepared its three hot statements: 5,197-5,897).
+    What it saves, measured with the null-transport drain (20,000 events, the same code with
+    and without, three interleaved rounds, 2026-12-04): database CPU 79-99 us per event instead
+    of 103-125 (README "Performance" has the wall-clock figures, and their noise).
     """
     kwargs = {**WORK_CONNECTION_KWARGS, "prepare_threshold": PREPARE_THRESHOLD if prepare else None}
     return AsyncConnectionPool(
