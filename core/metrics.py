@@ -58,6 +58,16 @@ class WorkerMetrics:
         self.oldest_pending_seconds = Gauge(
             "flavor_oldest_pending_seconds", "Age of the oldest due pending event", registry=r
         )
+        self.pending_deliveries = Gauge(
+            "flavor_pending_deliveries",
+            "Open events (pending or being handled) with a message on this channel not yet handed over",
+            ["channel"], registry=r,
+        )
+        self.oldest_pending_delivery_seconds = Gauge(
+            "flavor_oldest_pending_delivery_seconds",
+            "Age of the oldest open event with a message on this channel not yet handed over",
+            ["channel"], registry=r,
+        )
         self.job_runs = Counter(
             "flavor_job_runs", "Scheduled job runs by job and outcome", ["job", "outcome"],
             registry=r,

@@ -233,3 +233,16 @@ WHERE n.nspname = 'public' AND NOT t.tgisinternal AND t.tgname LIKE 'worker\_%%'
 -- name: app_indexes
 -- The indexes of the app's tables (the scheduled jobs' are created by worker.install_app_indexes()).
 SELECT indexname FROM pg_indexes WHERE schemaname = 'public';
+
+-- name: channel_backlog
+-- Per channel: how many open events (pending or being handled) have a message on it that the
+-- ledger does not show yet (none of it: an event's channel counts once), and the oldest one's age. An event's channels are those its kind
+-- routes to (the pairs come from handlers.routing.ROUTES); an email still waiting for its quota
+-- counts for email only once its event's WhatsApp messages are in the ledger.
+SELECT r.channel, count(*)::int AS messages,
+       coalesce(extract(epoch FROM now() - min(e.created_at)), 0)::float8 AS oldest_seconds
+FROM worker.events e
+JOIN unnest(%(kinds)s::text[], %(channels)s::text[]) AS r(kind, channel) ON r.kind = e.kind
+WHERE e.status IN ('pending', 'processing')
+  AND NOT EXISTS (SELECT 1 FROM worker.deliveries d WHERE d.event_id = e.id AND d.channel = r.channel)
+GROUP BY r.channel;

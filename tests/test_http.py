@@ -167,9 +167,35 @@ async def test_metrics_expose_the_named_series(db_url: str) -> None:
         "flavor_provider_request_seconds",
         "flavor_pending_events",
         "flavor_oldest_pending_seconds",
+        "flavor_pending_deliveries",
+        "flavor_oldest_pending_delivery_seconds",
         "flavor_job_runs",
         "flavor_listener_reconnects",
     } <= families
+
+
+async def test_metrics_show_each_channels_backlog(db: psycopg.Connection, db_url: str) -> None:
+    """Per channel: open events whose messages on it are not in the ledger yet, and the oldest's
+    age; a channel an event is done with no longer counts it (WhatsApp out, email still waiting)."""
+    def backlog(samples: dict, channel: str) -> float:
+        return samples[("flavor_pending_deliveries", (("channel", channel),))]
+
+    client, performer = add_client(db), add_performer(db)
+    first = add_booking(db, client, performer)
+    add_booking(db, client, performer)
+    async with live_surface(db_url) as live:
+        queued = await _scrape(live)
+        [event_id] = db.execute(
+            "SELECT id FROM worker.events WHERE payload->>'booking_id' = %s", (first,)
+        ).fetchone()
+        db.execute(
+            "INSERT INTO worker.deliveries (event_id, channel, recipient, status) "
+            "VALUES (%s, 'whatsapp', '+61400000001', 'sent')", (event_id,)
+        )
+        after = await _scrape(live)
+    assert (backlog(queued, "whatsapp"), backlog(queued, "email"), backlog(queued, "in_app")) == (2, 2, 0)
+    assert (backlog(after, "whatsapp"), backlog(after, "email")) == (1, 2)
+    assert after[("flavor_oldest_pending_delivery_seconds", (("channel", "email"),))] >= 0
 
 
 async def test_metrics_move_when_events_flow(db: psycopg.Connection, db_url: str) -> None:

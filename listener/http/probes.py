@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from core.metrics import METRICS
-from listener.http.surface import Surface, read_queue_stats
+from listener.http.surface import Surface, read_channel_backlog, read_queue_stats
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +70,7 @@ async def metrics(request: Request) -> Response:
     surface: Surface = request.app.state.surface
     try:
         await read_queue_stats(surface.pool)
+        await read_channel_backlog(surface.pool)
     except QUEUE_READ_ERRORS as exc:
         log.warning("http.metrics_queue_unavailable", error=type(exc).__name__)
     return Response(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)

@@ -11,6 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from core.metrics import METRICS
 from core.settings import Settings
+from handlers.routing import ROUTES
 from listener.queries import QUERIES
 
 #: A health probe must answer quickly even when the database does not.
@@ -77,3 +78,25 @@ async def read_queue_stats(pool: AsyncConnectionPool) -> QueueStats:
     METRICS.pending_events.set(stats.pending)
     METRICS.oldest_pending_seconds.set(stats.oldest_pending_seconds)
     return stats
+
+
+#: Every (event kind, channel) the routing table has, for the per-channel backlog.
+_KIND_CHANNELS = sorted({(kind, route.channel) for kind, routes in ROUTES.items() for route in routes})
+
+
+async def read_channel_backlog(pool: AsyncConnectionPool) -> dict[str, tuple[int, float]]:
+    """Per channel: open events with a message on it not yet in the ledger, and the oldest
+    one's age; sets the per-channel gauges (0 for a channel with none)."""
+
+    async def query() -> dict[str, tuple[int, float]]:
+        params = {"kinds": [k for k, _ in _KIND_CHANNELS], "channels": [c for _, c in _KIND_CHANNELS]}
+        async with pool.connection(timeout=DATABASE_TIMEOUT_SECONDS) as conn:
+            cur = await conn.execute(QUERIES["channel_backlog"], params)
+            return {channel: (int(n), float(age)) for channel, n, age in await cur.fetchall()}
+
+    backlog = await asyncio.wait_for(query(), DATABASE_TIMEOUT_SECONDS)
+    for channel in sorted({c for _, c in _KIND_CHANNELS}):
+        messages, oldest = backlog.get(channel, (0, 0.0))
+        METRICS.pending_deliveries.labels(channel).set(messages)
+        METRICS.oldest_pending_delivery_seconds.labels(channel).set(oldest)
+    return backlog
