@@ -70,7 +70,8 @@ def new_worker_id() -> str:
 
 
 #: Login codes are looked for at most this often while the claim loop has no room for a batch
-#: (it is woken by every flush under load): a login waits at most this long for its claim.
+#: (it is woken by every flush under load): once its NOTIFY has woken the loop, a login code
+#: waits at most this long for its claim.
 URGENT_PROBE_SECONDS = 0.05
 
 #: How long a closing worker keeps trying to write its last records and outcomes.
@@ -237,7 +238,8 @@ class Worker:
         if not heard and not self._claims_paused:
             self._claims_paused = True
             self.failing["heartbeat"] = "claims paused"  # /healthz answers 503 meanwhile
-            self._log.warning("worker.claims_paused", reason="no heartbeat for half the stale threshold")
+            self._log.warning("worker.claims_paused",
+                              reason="no heartbeat through yet, or none for half the stale threshold")
         return heard
 
     async def _start_suspect(self) -> bool:
