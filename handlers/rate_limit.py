@@ -76,6 +76,7 @@ class SharedRateLimiter:
         #: Bulk requests waiting to be booked together, and the task booking them.
         self._together: list[asyncio.Future[tuple[float | None, float]]] = []
         self._booker: asyncio.Task[None] | None = None
+        self._booking: list[asyncio.Future[tuple[float | None, float]]] = []  # its statement's
         self._batch_limit = max(1, int(self.bulk_horizon / self.interval))
 
     async def acquire(self, *, urgent: bool = False) -> None:
@@ -132,29 +133,37 @@ class SharedRateLimiter:
         self._together.append(waiting)
         if self._booker is None or self._booker.done():
             self._booker = asyncio.create_task(self._book_waiting(), name=f"{self.provider}-slots")
+            self._booker.add_done_callback(self._booker_ended)
         return await waiting
 
     async def _book_waiting(self) -> None:
         """Book the waiting requests' slots, `_batch_limit` at a time, until none is left. A
         task of its own: a request cancelled while it waits cannot strand the others."""
         while self._together:
-            batch = self._together[: self._batch_limit]
+            batch = self._booking = self._together[: self._batch_limit]
             del self._together[: len(batch)]
             try:
                 first, backlog = await self._book(self.bulk_horizon, len(batch))
             except TransientDeliveryError as exc:
+                self._booking = []
                 _answer_with(batch, exc)
                 continue
-            except BaseException as exc:  # cancelled, or a bug: no request may wait for ever
-                failure = TransientDeliveryError(
-                    f"{self.provider}: rate limit unavailable: {type(exc).__name__}", code="rate_limit"
-                )
-                _answer_with([*batch, *self._together], failure)
-                self._together.clear()
-                raise
+            self._booking = []  # (left as it is when cancelled: `_booker_ended` answers them)
             for position, waiting in enumerate(batch):
                 if not waiting.done():  # a cancelled request's slot goes unused
                     waiting.set_result((None if first is None else first + position * self.interval, backlog))
+
+    def _booker_ended(self, booker: asyncio.Task[None]) -> None:
+        """The booking task was cancelled (a shutdown, even before its first step) or failed (a
+        bug): no request it was booking for, or that waited for it, may wait for ever."""
+        if not booker.cancelled() and booker.exception() is None:
+            return  # it ended with nobody left waiting
+        reason = "cancelled" if booker.cancelled() else type(booker.exception()).__name__
+        failure = TransientDeliveryError(
+            f"{self.provider}: rate limit unavailable ({reason})", code="rate_limit"
+        )
+        stranded = [*self._booking, *(self._together if booker is self._booker else [])]
+        _answer_with(stranded, failure)
 
     async def _book(self, horizon: float, count: int = 1) -> tuple[float | None, float]:
         """(seconds until the first of `count` booked slots or None, seconds the clock was

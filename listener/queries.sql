@@ -236,9 +236,9 @@ SELECT indexname FROM pg_indexes WHERE schemaname = 'public';
 
 -- name: channel_backlog
 -- Per channel: how many open events (pending or being handled) have a message on it that the
--- ledger does not show yet (none of it: an event's channel counts once), and the oldest one's age. An event's channels are those its kind
--- routes to (the pairs come from handlers.routing.ROUTES); an email still waiting for its quota
--- counts for email only once its event's WhatsApp messages are in the ledger.
+-- ledger does not show yet (an event counts once per channel), and the oldest one's age. An
+-- event's channels are those its kind routes to (the pairs come from handlers.routing.ROUTES); an
+-- email still waiting for its quota counts for email only once its WhatsApp is in the ledger.
 SELECT r.channel, count(*)::int AS messages,
        coalesce(extract(epoch FROM now() - min(e.created_at)), 0)::float8 AS oldest_seconds
 FROM worker.events e

@@ -542,8 +542,10 @@ async def test_a_worker_whose_heartbeat_fails_claims_nothing_until_it_beats_agai
             add_bookings(db, 5)
             await asyncio.sleep(1.0)  # five poll intervals and a NOTIFY
             assert status_counts(db) == {"pending": 5}
+            assert running.worker.failing == {"heartbeat": "claims paused"}  # /healthz: 503
             locker.rollback()
         await wait_all_finished(db, 5, timeout=15)
+        assert running.worker.failing == {}
     assert len(handler.handled) == 5
 
 

@@ -7,9 +7,11 @@ import asyncio
 import time
 
 import psycopg
+import pytest
 
 from core.db import create_pool
 from core.settings import Settings
+from handlers.contract import TransientDeliveryError
 from handlers.rate_limit import SPACING_MARGIN, SharedRateLimiter
 
 
@@ -52,3 +54,26 @@ def clock(db_url: str) -> float:
         row = conn.execute(query).fetchone()
     assert row is not None
     return float(row[0])
+
+
+@pytest.mark.parametrize("moment", ["before its first step", "while it waits for a connection"])
+async def test_requests_waiting_for_a_cancelled_booking_are_answered(db_url: str, moment: str) -> None:
+    """The booking of a moment's slots is a task of its own: cancelled (a shutdown), whenever,
+    every request it was booking for gets an error to retry on; none hangs."""
+    pool = create_pool(db_url, max_size=2)
+    await pool.open()
+    held = []
+    try:
+        limiter = SharedRateLimiter(pool, "twilio", 200.0, Settings())
+        if moment != "before its first step":  # its statement cannot get a connection yet
+            held = [await pool.getconn() for _ in range(2)]
+        requests = [asyncio.create_task(limiter.acquire()) for _ in range(5)]
+        await asyncio.sleep(0.05 if held else 0)
+        assert limiter._booker is not None
+        limiter._booker.cancel()
+        outcomes = await asyncio.wait_for(asyncio.gather(*requests, return_exceptions=True), 5)
+    finally:
+        for conn in held:
+            await pool.putconn(conn)
+        await pool.close()
+    assert all(isinstance(outcome, TransientDeliveryError) for outcome in outcomes), outcomes

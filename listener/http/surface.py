@@ -80,8 +80,10 @@ async def read_queue_stats(pool: AsyncConnectionPool) -> QueueStats:
     return stats
 
 
-#: Every (event kind, channel) the routing table has, for the per-channel backlog.
+#: Every (event kind, channel) the routing table has, as the backlog query's two arrays.
 _KIND_CHANNELS = sorted({(kind, route.channel) for kind, routes in ROUTES.items() for route in routes})
+_BACKLOG_PARAMS = {"kinds": [k for k, _ in _KIND_CHANNELS], "channels": [c for _, c in _KIND_CHANNELS]}
+_CHANNELS = sorted({channel for _, channel in _KIND_CHANNELS})
 
 
 async def read_channel_backlog(pool: AsyncConnectionPool) -> dict[str, tuple[int, float]]:
@@ -89,13 +91,12 @@ async def read_channel_backlog(pool: AsyncConnectionPool) -> dict[str, tuple[int
     one's age; sets the per-channel gauges (0 for a channel with none)."""
 
     async def query() -> dict[str, tuple[int, float]]:
-        params = {"kinds": [k for k, _ in _KIND_CHANNELS], "channels": [c for _, c in _KIND_CHANNELS]}
         async with pool.connection(timeout=DATABASE_TIMEOUT_SECONDS) as conn:
-            cur = await conn.execute(QUERIES["channel_backlog"], params)
+            cur = await conn.execute(QUERIES["channel_backlog"], _BACKLOG_PARAMS)
             return {channel: (int(n), float(age)) for channel, n, age in await cur.fetchall()}
 
     backlog = await asyncio.wait_for(query(), DATABASE_TIMEOUT_SECONDS)
-    for channel in sorted({c for _, c in _KIND_CHANNELS}):
+    for channel in _CHANNELS:
         messages, oldest = backlog.get(channel, (0, 0.0))
         METRICS.pending_deliveries.labels(channel).set(messages)
         METRICS.oldest_pending_delivery_seconds.labels(channel).set(oldest)
