@@ -6,8 +6,9 @@
 
 -- name: claim_batch
 -- Claim up to %(limit)s due events, login codes first, then oldest first, subject by subject
--- (sql/006: the plan is pinned); or a group of suspects; or login codes only (sql/008).
-SELECT * FROM worker.claim_events_v2(
+-- (sql/006: the plan is pinned; sql/012: and kept); or a group of suspects; or login codes only
+-- (sql/008).
+SELECT * FROM worker.claim_events_v3(
     %(worker_id)s::text, %(limit)s::integer, %(suspects)s::boolean, %(urgent)s::boolean);
 
 -- name: complete_events

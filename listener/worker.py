@@ -74,6 +74,12 @@ def new_worker_id() -> str:
 #: waits at most this long for its claim.
 URGENT_PROBE_SECONDS = 0.05
 
+#: Turns of the event loop the flusher yields before taking the buffers. Two suffice for a
+#: handler's gather of messages to return and its outcome to be queued (measured at 200 events/s
+#: with the null transport: one turn left 0.6 ms between an event's records and its outcome);
+#: one more is margin.
+FLUSH_SETTLE_TURNS = 3
+
 #: How long a closing worker keeps trying to write its last records and outcomes.
 CLOSING_FLUSH_SECONDS = 5.0
 
@@ -424,6 +430,11 @@ class Worker:
         give_up_at: float | None = None
         while True:
             await self._flush_needed.wait()
+            # Let what is already runnable run first: a handler whose last message was just
+            # handed over ends within these turns of the loop, so its records and its outcome go
+            # in one statement instead of two (no time passes unless other work is ready).
+            for _ in range(FLUSH_SETTLE_TURNS):
+                await asyncio.sleep(0)
             self._flush_needed.clear()
             if await self._flush():
                 failures = 0

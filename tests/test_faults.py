@@ -138,14 +138,14 @@ def test_health_is_503_while_claims_or_outcome_writes_fail_and_200_once_they_wor
 
     wait_until(health(200), message="healthy at start")
     db.execute(
-        "ALTER FUNCTION worker.claim_events_v2(text, integer, boolean, boolean) RENAME TO claim_events_away"
+        "ALTER FUNCTION worker.claim_events_v3(text, integer, boolean, boolean) RENAME TO claim_events_away"
     )
     try:
         down = wait_until(health(503), timeout=15, message="unhealthy while claims fail")
     finally:
         db.execute(
             "ALTER FUNCTION worker.claim_events_away(text, integer, boolean, boolean)"
-            " RENAME TO claim_events_v2"
+            " RENAME TO claim_events_v3"
         )
     assert "claims failing (UndefinedFunction)" in down["reason"]
     wait_until(health(200), timeout=15, message="healthy once claims work")
