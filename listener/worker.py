@@ -221,17 +221,22 @@ class Worker:
                     # codes do not wait for them.
                     await self._claim_urgent()
                     break  # handlers finishing (or a flush) free slots and wake us
+                limit = min(free, held_room, self.settings.claim_batch_size)
                 try:
-                    claimed = await self._claim(min(free, held_room, self.settings.claim_batch_size))
+                    claimed = await self._claim(limit)
                     failures = 0
                 except psycopg.Error as exc:
                     failures += 1
                     self._log.warning("worker.claim_failed", error=str(exc), failures=failures)
                     await self._pause(min(5.0, 0.1 * 2**failures))
                     break
-                if not claimed:
+                if claimed:
+                    await self._start(claimed)
+                if len(claimed) < limit:
+                    # Nothing more was due for us: what comes later announces itself (NOTIFY), an
+                    # event waiting behind one of ours is looked for when ours is written, and
+                    # the poll timer catches the rest. Asking again at once would find nothing.
                     break
-                await self._start(claimed)
 
     def _heard_recently(self) -> bool:
         """Whether our heartbeat went through within half the stale threshold. A worker whose

@@ -173,6 +173,25 @@ async def test_per_subject_order_is_kept_with_concurrency(db: psycopg.Connection
                          "booking.deposit_verified", "booking.accepted", "booking.completed"]
 
 
+async def test_an_event_behind_its_subjects_older_one_starts_when_that_one_is_written(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """A booking's later events wait while its first is handled; they start as soon as it is
+    written (the flush wakes the claim loop), not at the next poll (30 s here)."""
+    client, performer = add_client(db), add_performer(db)
+    handler = ScriptedHandler(delay=0.2)
+    async with Running(db_url, handler, poll_interval_seconds=30) as running:
+        await async_wait_until(_connected(running.stream), timeout=5, message="LISTEN connection up")
+        booking = add_booking(db, client, performer)
+        for status in ("approved", "accepted"):
+            db.execute("UPDATE bookings SET status = %s WHERE id = %s", (status, booking))
+        started = time.monotonic()
+        await wait_all_finished(db, 3, timeout=10)
+    # Three handlings of 0.2 s one after the other, each started within a flush of the last.
+    assert time.monotonic() - started < 2.0
+    assert [e.kind for e in handler.handled] == ["booking.created", "booking.approved", "booking.accepted"]
+
+
 async def test_transient_failure_is_retried_then_succeeds(db: psycopg.Connection, db_url: str) -> None:
     def script(event: Event) -> Outcome:
         if event.attempts < 3:
