@@ -50,9 +50,16 @@ Script = Callable[[Event], "Outcome | tuple[list[DeliveryRecord], Outcome]"]
 class ScriptedHandler:
     urgent_kinds = frozenset({"otp.created"})
 
-    def __init__(self, script: Script | None = None, delay: float = 0.0, jitter: float = 0.0) -> None:
+    def __init__(
+        self,
+        script: Script | None = None,
+        delay: float = 0.0,
+        jitter: float = 0.0,
+        delays: dict[str, float] | None = None,
+    ) -> None:
         self.script = script or (lambda event: Outcome())
         self.delay = delay
+        self.delays = delays or {}  # per kind, instead of `delay`
         self.jitter = jitter
         self.handled: list[Event] = []
         self.running = 0
@@ -82,7 +89,7 @@ class ScriptedHandler:
             self.overlaps.append(event.id)
         self.open_subjects.add(event.subject_id)
         try:
-            await asyncio.sleep(self.delay + random.uniform(0, self.jitter))
+            await asyncio.sleep(self.delays.get(event.kind, self.delay) + random.uniform(0, self.jitter))
             self.handled.append(event)
             self.per_subject[event.subject_id].append(event.id)
             result = self.script(event)
@@ -541,6 +548,89 @@ async def test_login_codes_are_claimed_before_an_older_backlog(db: psycopg.Conne
         await wait_all_finished(db, 41)
     kinds = [event.kind for event in handler.handled]
     assert "otp.created" in kinds[:5]
+
+
+def _dead_worker_held(db: psycopg.Connection, subjects: list[str]) -> None:
+    """`subjects`' events claimed by a worker that then died (its last beat after the server
+    started: a crash, not a restart)."""
+    db.execute(
+        "INSERT INTO worker.workers (id, hostname, pid, heartbeat_at)"
+        " VALUES ('dead', 'h', 1, pg_postmaster_start_time() + interval '1 ms')"
+    )
+    db.execute(
+        "INSERT INTO worker.events (kind, subject_id, status, attempts, locked_by, locked_at)"
+        " SELECT 'booking.created', s, 'processing', 1, 'dead', now() FROM unnest(%s::text[]) s",
+        (subjects,),
+    )
+
+
+#: A worker that judges others quickly: a dead worker's claims come back about a second in.
+QUICK_RELEASE = {"stale_after_seconds": 1, "heartbeat_seconds": 0.2}
+
+
+async def test_a_login_code_does_not_wait_for_suspects_running_alone(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """Suspects run alone, one group after the other (here two groups of one, 1.5 s each): a
+    login code written meanwhile runs beside them, not after them."""
+    _dead_worker_held(db, ["s0", "s1"])
+    handler = ScriptedHandler(delays={"booking.created": 1.5})
+    async with Running(db_url, handler, **QUICK_RELEASE):
+        await async_wait_until(
+            lambda: _running_one_of(handler, "s0", "s1"), timeout=10, message="a suspect running"
+        )
+        add_login_code(db, "waiting@example.com")
+        written = time.monotonic()
+        await async_wait_until(lambda: _handled(handler, "otp.created"), timeout=10, message="code sent")
+        waited = time.monotonic() - written
+        await wait_all_finished(db, 3)
+    [otp] = [e for e in handler.handled if e.kind == "otp.created"]
+    assert handler.company[otp.subject_id] & {"s0", "s1"}, "it ran beside a suspect"
+    assert waited < 1.0, f"the login code waited {waited:.2f} s"
+
+
+async def test_a_login_code_does_not_wait_while_a_worker_lets_its_work_finish_for_suspects(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """A worker with suspects waiting lets what it runs finish before they go alone, claiming
+    nothing meanwhile: but for login codes."""
+    handler = ScriptedHandler(delays={"booking.created": 3.0})
+    async with Running(db_url, handler, **QUICK_RELEASE) as running:
+        add_bookings(db, 2)  # running for 3 s
+        await async_wait_until(lambda: handler.running == 2 or None, timeout=5, message="bookings running")
+        _dead_worker_held(db, ["s0"])
+        await async_wait_until(
+            lambda: running.worker._suspect_waiting or None, timeout=5, message="a suspect waiting"
+        )
+        add_login_code(db, "waiting@example.com")
+        written = time.monotonic()
+        await async_wait_until(lambda: _handled(handler, "otp.created"), timeout=10, message="code sent")
+        waited = time.monotonic() - written
+        assert handler.running == 2, "the bookings were still running"
+        await wait_all_finished(db, 4, timeout=20)
+    assert waited < 1.0, f"the login code waited {waited:.2f} s"
+    assert handler.company["s0"] == set(), "the suspect still ran alone"
+
+
+async def test_login_codes_beside_the_slots_are_bounded_by_worker_concurrency(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """Login codes start beside the WORKER_CONCURRENCY handler slots, at most that many of them:
+    ten slow ones with a concurrency of 2 run 4 at a time (2 in the slots, 2 beside)."""
+    for n in range(10):
+        add_login_code(db, f"user{n}@example.com")
+    handler = ScriptedHandler(delay=0.3)
+    async with Running(db_url, handler, worker_concurrency=2, claim_batch_size=10):
+        await wait_all_finished(db, 10)
+    assert handler.max_running == 4
+
+
+def _running_one_of(handler: ScriptedHandler, *subjects: str) -> bool | None:
+    return bool(handler.running_subjects & set(subjects)) or None
+
+
+def _handled(handler: ScriptedHandler, kind: str) -> bool | None:
+    return any(event.kind == kind for event in handler.handled) or None
 
 
 async def test_a_worker_whose_heartbeat_fails_claims_nothing_until_it_beats_again(
