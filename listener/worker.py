@@ -58,6 +58,7 @@ from handlers.contract import (
     Outcome,
     TransientDeliveryError,
 )
+from handlers.delivery import masked_recipient
 from listener.queries import QUERIES
 
 log = structlog.get_logger(__name__)
@@ -140,6 +141,8 @@ class Worker:
         #: Free room worth a claim while events are in flight (idle: any room is).
         self._refill_at = max(1, min(settings.claim_batch_size, self._max_claimed // 2))
         self._flushing: set[int] = set()  # ids being written right now (neither buffered nor done)
+        #: Events a ledger row of which the database refused, with the reason: they end `failed`.
+        self._ledger_refused: dict[int, str] = {}
         self._liveness: psycopg.AsyncConnection | None = None
         #: The group of suspects (events freed from a crashed worker) running alone, if any, and
         #: whether more may be waiting.
@@ -462,10 +465,13 @@ class Worker:
     async def _flush(self) -> bool:
         """Write buffered records and outcomes; on a connection error keep them for the next try."""
         batch, self._completions = self._completions, []
+        if self._ledger_refused:
+            batch = [self._refused_ledger(completion) for completion in batch]
         records, self._records = self._records, []
         if not batch and not records:
             return True
         self._flushing = {c.event.id for c in batch}
+        complete = True
         try:
             await self._write(batch, records)
             self.failing.pop("outcome writes", None)
@@ -481,38 +487,95 @@ class Worker:
                                   records=len(records))
                 return False
             # One row the database refuses must not hold up the others for ever.
-            self._log.error("worker.flush_rejected", error=str(exc), count=len(batch), records=len(records))
-            await self._write_one_by_one(batch, records)
+            self._log.error("worker.flush_rejected", error=str(exc).splitlines()[0], count=len(batch),
+                            records=len(records))  # (its DETAIL would show the row's values)
+            unwritten, unwritten_records = await self._write_one_by_one(batch, records)
+            # /healthz keeps saying so until a write goes through whole: refused rows may be all
+            # of them (a constraint the worker's rows break), each event then failed one by one.
+            complete = not unwritten and not unwritten_records
+            if not complete:  # the database went away meanwhile: the rest goes with the next flush
+                self._completions[:0] = unwritten
+                self._records[:0] = unwritten_records
+                kept = {completion.event.id for completion in unwritten}
+                batch = [completion for completion in batch if completion.event.id not in kept]
         finally:
             self._flushing = set()
         for completion in batch:
             self._inflight.pop(completion.event.id, None)
         self.wake.set()
-        return True
+        return complete
 
-    async def _write_one_by_one(self, batch: list[Completion], records: list[EventRecord]) -> None:
-        """Write each event's records and outcome alone; one still refused is recorded as
-        `failed` without its ledger rows."""
+    async def _write_one_by_one(
+        self, batch: list[Completion], records: list[EventRecord]
+    ) -> tuple[list[Completion], list[EventRecord]]:
+        """Write each event's records and outcome on their own, so that a row the database
+        refuses costs only itself. Returns what was left unwritten because the database itself
+        failed meanwhile (not a row's fault), for the next flush."""
         outcomes = {completion.event.id: completion for completion in batch}
         by_event: dict[int, list[EventRecord]] = {}
-        for event_id, record in records:
-            by_event.setdefault(event_id, []).append((event_id, record))
-        for event_id in outcomes.keys() | by_event.keys():
-            completion = outcomes.get(event_id)
+        for item in records:
+            by_event.setdefault(item[0], []).append(item)
+        unwritten: list[Completion] = []
+        unwritten_records: list[EventRecord] = []
+        for event_id in dict.fromkeys([*by_event, *outcomes]):
+            completion, rows = await self._write_event_alone(
+                outcomes.get(event_id), by_event.get(event_id, [])
+            )
+            unwritten.extend([completion] if completion is not None else [])
+            unwritten_records.extend(rows)
+        return unwritten, unwritten_records
+
+    async def _write_event_alone(
+        self, completion: Completion | None, rows: list[EventRecord]
+    ) -> tuple[Completion | None, list[EventRecord]]:
+        """One event's records and outcome; on a refusal, each record alone. A record still
+        refused is dropped with its log line (`delivery.unrecordable`) and the event ends
+        `failed` with the reason (`_refused_ledger`); its other rows are kept, so a retry by an
+        operator does not send those messages again. Returns what is left unwritten when the
+        database fails meanwhile."""
+        try:
+            await self._write([completion] if completion is not None else [], rows)
+            return None, []
+        except psycopg.Error as exc:
+            if not _refused_by_a_row(exc):
+                return completion, rows
+        for position, (event_id, record) in enumerate(rows):
             try:
-                await self._write([completion] if completion else [], by_event.get(event_id, []))
-                continue
+                await self._write([], [(event_id, record)])
             except psycopg.Error as exc:
-                error = f"outcome not recordable: {exc}"
-            if completion is None:  # its outcome, still to come, fails it on this same path
-                self._log.error("delivery.unrecordable", event_id=event_id, error=error)
-                continue
-            refused = Completion(completion.event, "failed", error=error)
-            try:
-                await self._write([refused], [])
-                self._log.error("event.failed", event_id=event_id, kind=refused.event.kind, error=error)
-            except psycopg.Error as exc:  # left `processing` under our id; logged for operators
-                self._log.error("event.unrecordable", event_id=event_id, error=str(exc))
+                if not _refused_by_a_row(exc):
+                    return completion, rows[position:]
+                error = f"ledger row not recordable: {str(exc).splitlines()[0]}"
+                self._ledger_refused[event_id] = error
+                self._log.error("delivery.unrecordable", event_id=event_id, channel=record.channel,
+                                recipient_masked=masked_recipient(record.recipient),
+                                status=record.status, error=error)
+        if completion is None:  # its outcome comes later, failed by `_refused_ledger`
+            return None, []
+        completion = self._refused_ledger(completion)
+        try:
+            await self._write([completion], [])
+            return None, []
+        except psycopg.Error as exc:
+            if not _refused_by_a_row(exc):
+                return completion, []
+            error = f"outcome not recordable: {str(exc).splitlines()[0]}"
+        refused = Completion(completion.event, "failed", error=error)
+        try:
+            await self._write([refused], [])
+        except psycopg.Error:
+            return refused, []
+        self._log.error("event.failed", event_id=refused.event.id, kind=refused.event.kind, error=error)
+        return None, []
+
+    def _refused_ledger(self, completion: Completion) -> Completion:
+        """`completion`, or `failed` when the database refused one of its event's ledger rows: a
+        message the ledger does not show as sent, which an operator should see before a retry."""
+        error = self._ledger_refused.pop(completion.event.id, None)
+        if error is None or completion.status != "done":
+            return completion
+        self._log.error("event.failed", event_id=completion.event.id, kind=completion.event.kind, error=error)
+        return Completion(completion.event, "failed", error=error, payload=completion.payload)
 
     async def _write(self, batch: list[Completion], records: list[EventRecord]) -> None:
         params = _completion_params(batch, records, self.worker_id)

@@ -432,9 +432,94 @@ async def test_an_outcome_the_database_refuses_fails_alone(db: psycopg.Connectio
         await wait_all_finished(db, 8)
     by_id = {e["id"]: e for e in events(db)}
     assert by_id[bad]["status"] == "failed"
-    assert "outcome not recordable" in by_id[bad]["last_error"]
+    assert "ledger row not recordable" in by_id[bad]["last_error"]
     assert status_counts(db) == {"done": 7, "failed": 1}
     assert db.execute("SELECT count(*) FROM worker.deliveries").fetchone() == (7,)
+
+
+class RecordsFirst(ScriptedHandler):
+    """Hands its records over at once and its outcome `later` seconds after, so the records are
+    written on their own before the outcome, as a slow sibling message would make them."""
+
+    def __init__(self, script: Script, later: float) -> None:
+        super().__init__(script)
+        self.later = later
+
+    async def handle(self, event: Event, context: Any, record: RecordDelivery) -> Outcome:
+        result = self.script(event)
+        assert not isinstance(result, Outcome)
+        records, outcome = result
+        for delivery in records:
+            record(delivery)
+        await asyncio.sleep(self.later)
+        self.handled.append(event)
+        return outcome
+
+
+async def test_a_ledger_row_the_database_refuses_costs_only_that_row(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """Three messages of one event, one of which the ledger refuses (its CHECK): the two others
+    keep their rows (an operator's retry does not send them again), and the event ends failed with
+    the reason, whether its rows were written with its outcome or before it came."""
+    add_bookings(db, 2)
+
+    def script(event: Event) -> tuple[list[DeliveryRecord], Outcome]:
+        return [
+            DeliveryRecord("email", f"r{event.id}@example.com", "sent"),
+            DeliveryRecord("fax", f"r{event.id}", "sent"),  # type: ignore[arg-type]
+            DeliveryRecord("whatsapp", f"+6140000000{event.id}", "sent"),
+        ], Outcome()
+
+    for handler in (ScriptedHandler(script), RecordsFirst(script, later=0.5)):
+        async with Running(db_url, handler):
+            await wait_all_finished(db, len(events(db)))
+        add_bookings(db, 2)
+    ledger = db.execute(
+        "SELECT event_id, channel FROM worker.deliveries ORDER BY event_id, channel"
+    ).fetchall()
+    assert ledger == [(n, channel) for n in (1, 2, 3, 4) for channel in ("email", "whatsapp")]
+    finished = [e for e in events(db) if e["status"] != "pending"]
+    assert [e["status"] for e in finished] == ["failed"] * 4
+    assert all("ledger row not recordable" in e["last_error"] for e in finished)
+
+
+async def test_the_database_failing_while_rows_are_written_one_by_one_repeats_and_loses_nothing(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """A refused row sends the event's rows one by one; the database then fails on the next one
+    (not a row's fault): what was written stays written once, the rest waits for the database."""
+    db.execute(
+        "CREATE FUNCTION public.trouble() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF NEW.recipient = 'later@example.com' THEN RAISE EXCEPTION 'database trouble'; END IF;"
+        " RETURN NEW; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER trouble BEFORE INSERT ON worker.deliveries"
+        " FOR EACH ROW EXECUTE FUNCTION public.trouble()"
+    )
+    add_bookings(db, 1)
+
+    def script(event: Event) -> tuple[list[DeliveryRecord], Outcome]:
+        return [
+            DeliveryRecord("email", "first@example.com", "sent"),
+            DeliveryRecord("fax", "refused", "sent"),  # type: ignore[arg-type]
+            DeliveryRecord("email", "later@example.com", "sent"),
+        ], Outcome()
+
+    async with Running(db_url, ScriptedHandler(script)):
+        await async_wait_until(
+            lambda: db.execute("SELECT count(*) FROM worker.deliveries").fetchone() == (1,) or None,
+            timeout=10, message="the first row written",
+        )
+        await asyncio.sleep(0.5)  # the rest tried again meanwhile, in vain
+        assert status_counts(db) == {"processing": 1}
+        db.execute("DROP TRIGGER trouble ON worker.deliveries")
+        await wait_all_finished(db, 1)
+    ledger = db.execute("SELECT recipient, attempts FROM worker.deliveries ORDER BY id").fetchall()
+    assert ledger == [("first@example.com", 1), ("later@example.com", 1)]
+    [event] = events(db)
+    assert (event["status"], event["last_error"].split(":")[0]) == ("failed", "ledger row not recordable")
 
 
 async def test_heartbeat_keeps_beating_while_the_work_pool_is_exhausted(
