@@ -483,12 +483,12 @@ class Worker:
                 # a message that may be sent twice.
                 self._completions[:0] = batch
                 self._records[:0] = records
-                self._log.warning("worker.flush_failed", error=str(exc), count=len(batch),
+                self._log.warning("worker.flush_failed", error=_first_line(exc), count=len(batch),
                                   records=len(records))
                 return False
             # One row the database refuses must not hold up the others for ever.
-            self._log.error("worker.flush_rejected", error=str(exc).splitlines()[0], count=len(batch),
-                            records=len(records))  # (its DETAIL would show the row's values)
+            self._log.error("worker.flush_rejected", error=_first_line(exc), count=len(batch),
+                            records=len(records))
             unwritten, unwritten_records = await self._write_one_by_one(batch, records)
             # /healthz keeps saying so until a write goes through whole: refused rows may be all
             # of them (a constraint the worker's rows break), each event then failed one by one.
@@ -510,20 +510,24 @@ class Worker:
     ) -> tuple[list[Completion], list[EventRecord]]:
         """Write each event's records and outcome on their own, so that a row the database
         refuses costs only itself. Returns what was left unwritten because the database itself
-        failed meanwhile (not a row's fault), for the next flush."""
+        failed meanwhile (not a row's fault): from then on nothing more is tried, everything left
+        waits for the next flush (trying each event in turn against a database that is gone
+        would wait for a connection once per event)."""
         outcomes = {completion.event.id: completion for completion in batch}
         by_event: dict[int, list[EventRecord]] = {}
         for item in records:
             by_event.setdefault(item[0], []).append(item)
-        unwritten: list[Completion] = []
-        unwritten_records: list[EventRecord] = []
-        for event_id in dict.fromkeys([*by_event, *outcomes]):
+        order = list(dict.fromkeys([*by_event, *outcomes]))
+        for position, event_id in enumerate(order):
             completion, rows = await self._write_event_alone(
                 outcomes.get(event_id), by_event.get(event_id, [])
             )
-            unwritten.extend([completion] if completion is not None else [])
-            unwritten_records.extend(rows)
-        return unwritten, unwritten_records
+            if completion is not None or rows:
+                later = order[position + 1 :]
+                left = [completion] if completion is not None else []
+                left += [outcomes[i] for i in later if i in outcomes]
+                return left, rows + [item for i in later for item in by_event.get(i, [])]
+        return [], []
 
     async def _write_event_alone(
         self, completion: Completion | None, rows: list[EventRecord]
@@ -531,8 +535,8 @@ class Worker:
         """One event's records and outcome; on a refusal, each record alone. A record still
         refused is dropped with its log line (`delivery.unrecordable`) and the event ends
         `failed` with the reason (`_refused_ledger`); its other rows are kept, so a retry by an
-        operator does not send those messages again. Returns what is left unwritten when the
-        database fails meanwhile."""
+        operator does not send those messages again. An outcome still refused is written as
+        `failed`. Returns what is left unwritten when the database fails meanwhile."""
         try:
             await self._write([completion] if completion is not None else [], rows)
             return None, []
@@ -545,7 +549,7 @@ class Worker:
             except psycopg.Error as exc:
                 if not _refused_by_a_row(exc):
                     return completion, rows[position:]
-                error = f"ledger row not recordable: {str(exc).splitlines()[0]}"
+                error = f"ledger row not recordable: {_first_line(exc)}"
                 self._ledger_refused[event_id] = error
                 self._log.error("delivery.unrecordable", event_id=event_id, channel=record.channel,
                                 recipient_masked=masked_recipient(record.recipient),
@@ -559,22 +563,34 @@ class Worker:
         except psycopg.Error as exc:
             if not _refused_by_a_row(exc):
                 return completion, []
-            error = f"outcome not recordable: {str(exc).splitlines()[0]}"
+            error = f"outcome not recordable: {_first_line(exc)}"
         refused = Completion(completion.event, "failed", error=error)
         try:
             await self._write([refused], [])
-        except psycopg.Error:
-            return refused, []
+        except psycopg.Error as exc:
+            if not _refused_by_a_row(exc):
+                return refused, []
+            # Refused even as `failed` (a constraint on worker.events itself): left `processing`
+            # under our id until another worker releases it after this one stops; logged.
+            self._log.error("event.unrecordable", event_id=refused.event.id, error=_first_line(exc))
+            return None, []
         self._log.error("event.failed", event_id=refused.event.id, kind=refused.event.kind, error=error)
+        METRICS.events_failed.labels(kind=refused.event.kind).inc()
         return None, []
 
     def _refused_ledger(self, completion: Completion) -> Completion:
         """`completion`, or `failed` when the database refused one of its event's ledger rows: a
-        message the ledger does not show as sent, which an operator should see before a retry."""
+        message the ledger does not show as sent, which a retry or a release would send again,
+        and which an operator should see. (An outcome already `failed` gets the reason added.)"""
         error = self._ledger_refused.pop(completion.event.id, None)
-        if error is None or completion.status != "done":
+        if error is None:
             return completion
-        self._log.error("event.failed", event_id=completion.event.id, kind=completion.event.kind, error=error)
+        if completion.status == "failed":
+            error = f"{completion.error}; {error}"
+        else:
+            self._log.error("event.failed", event_id=completion.event.id, kind=completion.event.kind,
+                            error=error)
+            METRICS.events_failed.labels(kind=completion.event.kind).inc()
         return Completion(completion.event, "failed", error=error, payload=completion.payload)
 
     async def _write(self, batch: list[Completion], records: list[EventRecord]) -> None:
@@ -696,6 +712,11 @@ def _refused_by_a_row(exc: psycopg.Error) -> bool:
     return isinstance(exc, psycopg.errors.DataError | psycopg.errors.IntegrityError) or (
         exc.sqlstate == "21000"  # cardinality_violation: two rows of the batch for one ledger row
     )
+
+
+def _first_line(exc: psycopg.Error) -> str:
+    """An error's message without its DETAIL, which shows the refused row's values (addresses)."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _text(value: str | None) -> str | None:

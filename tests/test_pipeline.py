@@ -195,7 +195,7 @@ async def test_an_event_behind_its_subjects_older_one_starts_when_that_one_is_wr
         started = time.monotonic()
         await wait_all_finished(db, 3, timeout=10)
     # Three handlings of 0.2 s one after the other, each started within a flush of the last.
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.0
     assert [e.kind for e in handler.handled] == ["booking.created", "booking.approved", "booking.accepted"]
 
 
@@ -461,7 +461,7 @@ async def test_a_ledger_row_the_database_refuses_costs_only_that_row(
 ) -> None:
     """Three messages of one event, one of which the ledger refuses (its CHECK): the two others
     keep their rows (an operator's retry does not send them again), and the event ends failed with
-    the reason, whether its rows were written with its outcome or before it came."""
+    the reason, whether its rows were handed over with its outcome or half a second before it."""
     add_bookings(db, 2)
 
     def script(event: Event) -> tuple[list[DeliveryRecord], Outcome]:
@@ -482,6 +482,47 @@ async def test_a_ledger_row_the_database_refuses_costs_only_that_row(
     finished = [e for e in events(db) if e["status"] != "pending"]
     assert [e["status"] for e in finished] == ["failed"] * 4
     assert all("ledger row not recordable" in e["last_error"] for e in finished)
+
+
+async def test_an_event_with_a_refused_ledger_row_is_not_retried_into_sending_it_again(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """One of its messages went out but its row was refused, and another failed for a while: a
+    retry would send the first again (the ledger does not show it), so the event ends failed
+    instead, for an operator to look at."""
+    add_bookings(db, 1)
+
+    def script(event: Event) -> tuple[list[DeliveryRecord], Outcome]:
+        refused = DeliveryRecord("fax", "sent-but-refused", "sent")  # type: ignore[arg-type]
+        return [refused], Outcome(error=TransientDeliveryError("whatsapp: 503"))
+
+    handler = ScriptedHandler(script)
+    async with Running(db_url, handler):
+        await wait_all_finished(db, 1)
+    [event] = events(db)
+    assert (event["status"], event["attempts"]) == ("failed", 1)
+    assert event["last_error"].startswith("ledger row not recordable")
+    assert len(handler.handled) == 1
+
+
+async def test_an_outcome_refused_even_as_failed_does_not_hold_up_the_flusher(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """A constraint on worker.events that refuses one event's every outcome: that event is logged
+    and left (`event.unrecordable`), the others are written at once, nothing stays in flight."""
+    db.execute(
+        "ALTER TABLE worker.events ADD CONSTRAINT stuck CHECK"
+        " (subject_id <> 'stuck' OR status IN ('pending', 'processing')) NOT VALID"
+    )
+    db.execute("INSERT INTO worker.events (kind, subject_id) VALUES ('booking.created', 'stuck')")
+    async with Running(db_url, ScriptedHandler()) as running:
+        await async_wait_until(lambda: len(running.worker.failing) or None, timeout=10, message="refused")
+        add_bookings(db, 3)
+        await async_wait_until(
+            lambda: status_counts(db).get("done") == 3 or None, timeout=3, message="the others written"
+        )
+        await async_wait_until(lambda: running.worker.inflight == 0 or None, timeout=2, message="none held")
+    assert status_counts(db) == {"done": 3, "processing": 1}
 
 
 async def test_the_database_failing_while_rows_are_written_one_by_one_repeats_and_loses_nothing(
@@ -650,16 +691,16 @@ def _dead_worker_held(db: psycopg.Connection, subjects: list[str]) -> None:
 
 
 #: A worker that judges others quickly: a dead worker's claims come back about a second in.
-QUICK_RELEASE = {"stale_after_seconds": 1, "heartbeat_seconds": 0.2}
+QUICK_RELEASE = {"stale_after_seconds": 2, "heartbeat_seconds": 0.3}
 
 
 async def test_a_login_code_does_not_wait_for_suspects_running_alone(
     db: psycopg.Connection, db_url: str
 ) -> None:
-    """Suspects run alone, one group after the other (here two groups of one, 1.5 s each): a
+    """Suspects run alone, one group after the other (here two groups of one, 3 s each): a
     login code written meanwhile runs beside them, not after them."""
     _dead_worker_held(db, ["s0", "s1"])
-    handler = ScriptedHandler(delays={"booking.created": 1.5})
+    handler = ScriptedHandler(delays={"booking.created": 3.0})
     async with Running(db_url, handler, **QUICK_RELEASE):
         await async_wait_until(
             lambda: _running_one_of(handler, "s0", "s1"), timeout=10, message="a suspect running"
@@ -668,10 +709,10 @@ async def test_a_login_code_does_not_wait_for_suspects_running_alone(
         written = time.monotonic()
         await async_wait_until(lambda: _handled(handler, "otp.created"), timeout=10, message="code sent")
         waited = time.monotonic() - written
-        await wait_all_finished(db, 3)
+        await wait_all_finished(db, 3, timeout=20)
     [otp] = [e for e in handler.handled if e.kind == "otp.created"]
     assert handler.company[otp.subject_id] & {"s0", "s1"}, "it ran beside a suspect"
-    assert waited < 1.0, f"the login code waited {waited:.2f} s"
+    assert waited < 1.5, f"the login code waited {waited:.2f} s"
 
 
 async def test_a_login_code_does_not_wait_while_a_worker_lets_its_work_finish_for_suspects(
@@ -679,9 +720,9 @@ async def test_a_login_code_does_not_wait_while_a_worker_lets_its_work_finish_fo
 ) -> None:
     """A worker with suspects waiting lets what it runs finish before they go alone, claiming
     nothing meanwhile: but for login codes."""
-    handler = ScriptedHandler(delays={"booking.created": 3.0})
+    handler = ScriptedHandler(delays={"booking.created": 5.0})
     async with Running(db_url, handler, **QUICK_RELEASE) as running:
-        add_bookings(db, 2)  # running for 3 s
+        add_bookings(db, 2)  # running for 5 s
         await async_wait_until(lambda: handler.running == 2 or None, timeout=5, message="bookings running")
         _dead_worker_held(db, ["s0"])
         await async_wait_until(
@@ -693,7 +734,7 @@ async def test_a_login_code_does_not_wait_while_a_worker_lets_its_work_finish_fo
         waited = time.monotonic() - written
         assert handler.running == 2, "the bookings were still running"
         await wait_all_finished(db, 4, timeout=20)
-    assert waited < 1.0, f"the login code waited {waited:.2f} s"
+    assert waited < 1.5, f"the login code waited {waited:.2f} s"
     assert handler.company["s0"] == set(), "the suspect still ran alone"
 
 

@@ -10,6 +10,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from listener.migrate import migrate
 from tests.appdata import add_party, events
 from tests.pgharness import unique_name
 
@@ -70,3 +71,21 @@ def test_another_role_cannot_call_worker_functions_but_its_writes_still_emit_eve
         ("booking.created", booking),
         ("booking.approved", booking),
     ]
+
+
+def test_a_role_granted_execute_before_an_upgrade_still_claims_after_it(
+    db: psycopg.Connection, db_url: str, app_role: str
+) -> None:
+    """A worker connecting as a role of its own was granted EXECUTE on the functions of schema
+    `worker` as they were (README); sql/012's claim, which replaces v2, is granted to it too."""
+    role = conninfo_to_dict(app_role)["user"]
+    # The database as it was before sql/012, with the grant the README asks for.
+    db.execute("DROP FUNCTION worker.claim_events_v3(text, integer, boolean, boolean)")
+    db.execute("DELETE FROM worker.schema_migrations WHERE version = 12")
+    db.execute(sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA worker TO {}").format(sql.Identifier(role)))
+    db.execute(sql.SQL("GRANT SELECT, UPDATE ON worker.events TO {}").format(sql.Identifier(role)))
+    migrate(db_url)
+    db.execute("INSERT INTO worker.events (kind, subject_id) VALUES ('booking.created', 'b1')")
+    with psycopg.connect(app_role, autocommit=True) as worker:
+        claimed = worker.execute("SELECT subject_id FROM worker.claim_events_v3('w1', 5, false, false)")
+        assert claimed.fetchall() == [("b1",)]
