@@ -10,9 +10,16 @@ from hypothesis import strategies as st
 
 from handlers.contract import PermanentDeliveryError
 from handlers.delivery import DeliveryScope
-from handlers.models import MessageContext
+from handlers.models import MessageContext, Person
 from handlers.routing import ROUTES
-from handlers.values import ELLIPSIS, TEMPLATE_VARIABLE_LIMIT, one_line, shorten, template_variable
+from handlers.values import (
+    ELLIPSIS,
+    TEMPLATE_VARIABLE_LIMIT,
+    WHATSAPP_LIMITS,
+    one_line,
+    shorten,
+    template_variable,
+)
 from tests.samples import application, booking, client, null_dispatcher, performer
 
 TWILIO_MAX_BODY = 1600
@@ -61,6 +68,35 @@ def test_shorten_cuts_only_what_is_too_long_and_says_so(value: str, limit: int) 
         assert result == value
     else:
         assert result.endswith(ELLIPSIS) and value.startswith(result.removesuffix(ELLIPSIS))
+
+
+#: Row text with what the records' all-at-once check joins on and looks for: "|" and spaces.
+FIELD_TEXT = st.one_of(
+    st.none(), ROW_TEXT, st.lists(st.sampled_from(["a", " ", "|", "b", "\n"]), max_size=8).map("".join)
+)
+
+
+@settings(max_examples=500)
+@given(FIELD_TEXT, FIELD_TEXT, FIELD_TEXT, FIELD_TEXT)
+def test_a_record_holds_each_free_text_value_as_one_line_makes_it(
+    name: str | None, full_name: str | None, reason: str | None, notes: str | None
+) -> None:
+    """Records check all their free-text values at once (the hot path), then field by field:
+    the same values as `one_line` gives each, and long ones cut for WhatsApp as `shorten` would."""
+    person = Person(id="p1", name=name or "", full_name=full_name, email=None, phone=None)
+    assert (person.name, person.full_name) == (one_line(name or ""), one_line(full_name))
+    ctx = MessageContext(client=person, reason=(reason or "") * 40, notes=notes)
+    assert (ctx.reason, ctx.notes) == (one_line((reason or "") * 40), one_line(notes))
+    view = ctx.for_whatsapp()
+    assert view.reason == shorten(ctx.reason, WHATSAPP_LIMITS["reason"])
+    assert view.client is not None and view.client.name == shorten(person.name, WHATSAPP_LIMITS["name"])
+    # Fields of different limits in one record (a reference is cut sooner than a venue).
+    row = booking(reference=(name or "") * 3, venue=(notes or "") * 20)
+    assert (row.reference, row.venue) == (one_line((name or "") * 3), one_line((notes or "") * 20))
+    cut = MessageContext(booking=row).for_whatsapp().booking
+    assert cut is not None
+    assert cut.reference == shorten(row.reference, WHATSAPP_LIMITS["reference"])
+    assert cut.venue == shorten(row.venue, WHATSAPP_LIMITS["venue"])
 
 
 @given(ROW_TEXT)
