@@ -10,7 +10,8 @@ Shape of one worker process:
 * the flusher writes whatever is buffered, records and outcomes, in ONE statement, however
   many arrived meanwhile: a provider's acceptance is durable within one flush, before anything
   could send that message again, even if its event never finishes here (a slow sibling
-  message, SIGTERM, `kill -9`); an outcome the database refuses is isolated and failed alone;
+  message, SIGTERM, `kill -9`); a row the database refuses is isolated (written one by one,
+  the others kept) and fails only its own event;
 * a transient failure retries with backoff until the event's deadline (EVENT_DEADLINE_SECONDS,
   per kind, or its own expiry); a throttle or an open provider circuit counts no attempt;
 * the heartbeat (on a connection of its own) keeps this worker's claims alive and frees the
