@@ -437,6 +437,38 @@ async def test_an_outcome_the_database_refuses_fails_alone(db: psycopg.Connectio
     assert db.execute("SELECT count(*) FROM worker.deliveries").fetchone() == (7,)
 
 
+class GatheredSends(ScriptedHandler):
+    """Sends an event's three messages concurrently, as the router does (each record handed over
+    from a task of its own), then returns its outcome."""
+
+    async def handle(self, event: Event, context: Any, record: RecordDelivery) -> Outcome:
+        async def send(n: int) -> None:
+            record(DeliveryRecord("email", f"r{n}-{event.id}@example.com", "sent"))
+
+        await asyncio.gather(*(send(n) for n in range(3)))
+        self.handled.append(event)
+        return Outcome()
+
+
+async def test_an_events_records_and_outcome_are_written_in_one_statement(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """At low load, the records of messages sent concurrently and their event's outcome reach the
+    flusher a couple of loop turns apart: they still go in one statement (same `now()`), not two."""
+    handler = GatheredSends()
+    async with Running(db_url, handler, poll_interval_seconds=30) as running:
+        await async_wait_until(_connected(running.stream), timeout=5, message="LISTEN connection up")
+        for _ in range(5):
+            add_bookings(db, 1)
+            await asyncio.sleep(0.1)  # one at a time
+        await wait_all_finished(db, 5)
+    written = db.execute(
+        "SELECT count(*), count(*) FILTER (WHERE d.sent_at = e.finished_at)"
+        " FROM worker.deliveries d JOIN worker.events e ON e.id = d.event_id"
+    ).fetchone()
+    assert written == (15, 15)
+
+
 class RecordsFirst(ScriptedHandler):
     """Hands its records over at once and its outcome `later` seconds after, so the records are
     written on their own before the outcome, as a slow sibling message would make them."""
