@@ -290,7 +290,8 @@ async def test_expired_event_is_not_handled(db: psycopg.Connection, db_url: str)
 async def test_two_workers_handle_each_event_exactly_once(db: psycopg.Connection, db_url: str) -> None:
     add_bookings(db, 400)
     first, second = ScriptedHandler(delay=0.001), ScriptedHandler(delay=0.001)
-    async with Running(db_url, first), Running(db_url, second):
+    # Batches of 50: each worker holds at most 50 + 2 * 50 claims, so neither can take all 400.
+    async with Running(db_url, first, claim_batch_size=50), Running(db_url, second, claim_batch_size=50):
         await wait_all_finished(db, 400)
     ids = [e.id for e in first.handled] + [e.id for e in second.handled]
     assert len(ids) == len(set(ids)) == 400
@@ -381,14 +382,14 @@ def test_manual_retry_forgets_failed_deliveries_and_keeps_sent_ones(
 async def test_stop_finishes_running_events_and_returns_unstarted_claims(
     db: psycopg.Connection, db_url: str
 ) -> None:
-    add_bookings(db, 12)
+    add_bookings(db, 30)
     handler = ScriptedHandler(delay=0.3)
     async with Running(db_url, handler, worker_concurrency=1, claim_batch_size=10) as running:
-        await async_wait_until(lambda: _running(handler), timeout=10)
+        await async_wait_until(lambda: _running(handler) and running.worker.inflight >= 20, timeout=10)
         claimed = running.worker.inflight
-    assert claimed == 10  # one batch: one event running, nine waiting their turn
+    assert claimed == 20  # two batches ahead: one event running, nineteen waiting their turn
     counts = status_counts(db)
-    assert counts == {"done": len(handler.handled), "pending": 12 - len(handler.handled)}
+    assert counts == {"done": len(handler.handled), "pending": 30 - len(handler.handled)}
     assert 1 <= len(handler.handled) <= 2
     assert {e["attempts"] for e in events(db) if e["status"] == "pending"} == {0}
 
@@ -400,7 +401,7 @@ async def test_handled_events_waiting_to_be_written_free_their_slot_up_to_a_cap(
     claim overlaps the write), but a worker never holds more than twice its slots."""
     add_bookings(db, 30)
     handler = ScriptedHandler()
-    slots = 1 + 4  # WORKER_CONCURRENCY + CLAIM_BATCH_SIZE
+    slots = 1 + 2 * 4  # WORKER_CONCURRENCY + BATCHES_AHEAD * CLAIM_BATCH_SIZE
     with psycopg.connect(db_url) as blocker:
         # Held by another transaction, the ledger table makes every flush wait.
         blocker.execute("LOCK TABLE worker.deliveries IN EXCLUSIVE MODE")
