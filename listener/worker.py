@@ -395,25 +395,21 @@ class Worker:
         elif status == "expired":
             completion = Completion(event, "expired", error="expired before delivery")
             self._log.info("event.expired", **ids)
-            METRICS.events_expired.labels(kind=event.kind).inc()
         elif error is None:
             completion = Completion(event, "done")
             self._log.info("event.done", **ids, deliveries=outcome.deliveries)
-            METRICS.events_done.labels(kind=event.kind).inc()
         elif isinstance(error, TransientDeliveryError) and (retry := self._retry(event, error)):
             completion = retry
             self._log.warning(
                 "event.retry", **ids, attempt=event.attempts, delay_s=round(retry.delay, 3),
                 counted=not retry.uncounted, error=str(error),
             )
-            METRICS.events_retried.labels(kind=event.kind).inc()
         else:
             reason = str(error)
             if isinstance(error, TransientDeliveryError):
                 reason = f"gave up at its deadline, after {event.attempts} attempts: {reason}"
             completion = Completion(event, "failed", error=reason)
             self._log.error("event.failed", **ids, attempt=event.attempts, error=reason)
-            METRICS.events_failed.labels(kind=event.kind).inc()
         completion.payload = outcome.payload
         self._completions.append(completion)
         self._flush_needed.set()
@@ -587,7 +583,6 @@ class Worker:
             self._log.error("event.unrecordable", event_id=refused.event.id, error=_first_line(exc))
             return None, []
         self._log.error("event.failed", event_id=refused.event.id, kind=refused.event.kind, error=error)
-        METRICS.events_failed.labels(kind=refused.event.kind).inc()
         return None, []
 
     def _refused_ledger(self, completion: Completion) -> Completion:
@@ -602,13 +597,13 @@ class Worker:
         else:
             self._log.error("event.failed", event_id=completion.event.id, kind=completion.event.kind,
                             error=error)
-            METRICS.events_failed.labels(kind=completion.event.kind).inc()
         return Completion(completion.event, "failed", error=error, payload=completion.payload)
 
     async def _write(self, batch: list[Completion], records: list[EventRecord]) -> None:
         params = _completion_params(batch, records, self.worker_id)
         async with self.pool.connection() as conn:
             await conn.execute(QUERIES["complete_events"], params)
+        _count_written(batch)
 
     async def _callback_sweep_loop(self) -> None:
         """Apply provider status callbacks that arrived while their ledger row was being written
@@ -716,6 +711,23 @@ class Worker:
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+#: The series a written outcome adds to, by its status (`pending`: a retry; a release counts none).
+_OUTCOME_SERIES = {
+    "done": METRICS.events_done,
+    "pending": METRICS.events_retried,
+    "failed": METRICS.events_failed,
+    "expired": METRICS.events_expired,
+}
+
+
+def _count_written(batch: list[Completion]) -> None:
+    """Count outcomes once they are written, not when the handler ends: an outcome the flusher
+    turns into `failed` (a ledger row or the outcome itself refused) counts once, as failed."""
+    tally = Counter((c.status, c.event.kind) for c in batch if not c.released)
+    for (status, kind), count in tally.items():
+        _OUTCOME_SERIES[status].labels(kind=kind).inc(count)
 
 
 def _refused_by_a_row(exc: psycopg.Error) -> bool:

@@ -18,6 +18,7 @@ import psycopg
 from click.testing import CliRunner
 
 from core.db import create_pool
+from core.metrics import METRICS
 from handlers.contract import (
     DeliveryRecord,
     Event,
@@ -307,6 +308,14 @@ async def test_stop_releases_unfinished_work(db: psycopg.Connection, db_url: str
     assert {e["attempts"] for e in events(db)} == {0}
 
 
+def _outcome_counts(kind: str) -> dict[str, float]:
+    """This process's `flavor_events_done` and `_failed` counts for `kind`."""
+    return {
+        series: METRICS.registry.get_sample_value(f"flavor_events_{series}_total", {"kind": kind}) or 0.0
+        for series in ("done", "failed")
+    }
+
+
 async def _running(handler: ScriptedHandler) -> bool:
     return handler.running > 0
 
@@ -427,6 +436,7 @@ async def test_an_outcome_the_database_refuses_fails_alone(db: psycopg.Connectio
         channel = "fax" if event.id == bad else "email"  # "fax" breaks the ledger's CHECK
         return [DeliveryRecord(channel, f"r{event.id}@example.com", "sent")], Outcome()  # type: ignore[arg-type]
 
+    before = _outcome_counts("booking.created")
     async with Running(db_url, ScriptedHandler(script)):
         await wait_all_finished(db, 6)
         add_bookings(db, 2)  # and the worker keeps going afterwards
@@ -435,6 +445,9 @@ async def test_an_outcome_the_database_refuses_fails_alone(db: psycopg.Connectio
     assert by_id[bad]["status"] == "failed"
     assert "ledger row not recordable" in by_id[bad]["last_error"]
     assert status_counts(db) == {"done": 7, "failed": 1}
+    # The metrics say what was written: the refused event counts as failed, not also as done.
+    after = _outcome_counts("booking.created")
+    assert {series: after[series] - before[series] for series in after} == {"done": 7, "failed": 1}
     assert db.execute("SELECT count(*) FROM worker.deliveries").fetchone() == (7,)
 
 
