@@ -1,7 +1,8 @@
 """Prometheus series of the worker, in one registry served by GET /metrics.
 
-Counters are incremented where the thing happens; the queue gauges are read from the
-database when scraped, so every worker reports the same truth about the shared queue.
+Counters are incremented where the thing happens (an event's outcome once it is written); the
+queue gauges are read from the database when scraped, so every worker reports the same truth
+about the shared queue.
 """
 
 from __future__ import annotations

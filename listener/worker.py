@@ -342,11 +342,7 @@ class Worker:
             for event in events:
                 self._complete(event, Outcome(error=TransientDeliveryError(f"prepare: {exc}")))
             return
-        now = datetime.now(UTC)
         for event in events:
-            if event.expires_at is not None and event.expires_at <= now:
-                self._complete(event, Outcome(), status="expired")
-                continue
             task = asyncio.create_task(self._handle(event, context), name=f"event-{event.id}")
             self._inflight[event.id] = (event, task)
             self._unhandled += 1
@@ -363,6 +359,11 @@ class Worker:
             async with contextlib.nullcontext() if urgent else self._running:
                 if self._stopping.is_set():  # claimed but never started: give it back untouched
                     self._complete(event, Outcome(), status="released")
+                    return
+                if event.expires_at is not None and event.expires_at <= datetime.now(UTC):
+                    # Looked at once it has its slot, not when claimed: it may have waited behind
+                    # slow sends or a quota since (up to BATCHES_AHEAD batches of them).
+                    self._complete(event, Outcome(), status="expired")
                     return
                 try:
                     record = functools.partial(self._record, event.id)
@@ -723,11 +724,16 @@ _OUTCOME_SERIES = {
 
 
 def _count_written(batch: list[Completion]) -> None:
-    """Count outcomes once they are written, not when the handler ends: an outcome the flusher
-    turns into `failed` (a ledger row or the outcome itself refused) counts once, as failed."""
+    """Count outcomes once the statement writing them went through, not when the handler ends:
+    an outcome the flusher turns into `failed` (a ledger row or the outcome itself refused)
+    counts once, as failed. (An outcome for an event no longer ours, released meanwhile by
+    another worker that took this one for dead, is counted though the statement skipped it.)
+    Never raises: it runs after the commit, on the flusher's path."""
     tally = Counter((c.status, c.event.kind) for c in batch if not c.released)
     for (status, kind), count in tally.items():
-        _OUTCOME_SERIES[status].labels(kind=kind).inc(count)
+        series = _OUTCOME_SERIES.get(status)
+        if series is not None:
+            series.labels(kind=kind).inc(count)
 
 
 def _refused_by_a_row(exc: psycopg.Error) -> bool:

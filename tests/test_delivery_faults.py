@@ -101,7 +101,7 @@ def test_kill_9_mid_send_repeats_only_requests_in_flight(
 def test_kill_9_holding_hundreds_of_claims_recovers_in_seconds_while_new_events_flow(
     db: psycopg.Connection, db_url: str, spawn_worker
 ) -> None:
-    """The dead worker's 400 claims become suspects and run in groups, not one per heartbeat:
+    """The dead worker's claims (380 or more) become suspects and run in groups, not one per heartbeat:
     all done within STALE_AFTER_SECONDS + 15 s of the restart; a login code written meanwhile
     is emailed at once."""
     with FakeProviders() as fake:

@@ -216,7 +216,7 @@ async def test_metrics_move_when_events_flow(db: psycopg.Connection, db_url: str
         try:
 
             async def drained() -> dict | None:
-                # The counter moves when an outcome is decided, the gauge once it is written.
+                # Both move once the outcomes are written; scrape until both show it.
                 samples = await _scrape(live)
                 counted = samples.get(done, 0) - before.get(done, 0) == 3
                 return samples if counted and samples[pending] == 0 else None

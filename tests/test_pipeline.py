@@ -288,10 +288,31 @@ async def test_expired_event_is_not_handled(db: psycopg.Connection, db_url: str)
     assert [e.subject_id for e in handler.handled] == ["b2"]
 
 
+async def test_an_event_expiring_while_it_waits_for_a_slot_is_not_handled(
+    db: psycopg.Connection, db_url: str
+) -> None:
+    """Expiry is looked at when an event gets its handler slot, not only when it is claimed: an
+    event claimed ahead may wait behind slow sends for longer than it is worth sending."""
+    handler = ScriptedHandler(delays={"booking.created": 1.5})
+    async with Running(db_url, handler, worker_concurrency=1):
+        with db.transaction():  # one claim takes both: the slow one runs, the other waits
+            db.execute(
+                "INSERT INTO worker.events (kind, subject_id, expires_at) VALUES "
+                "('booking.created', 'b1', NULL), ('booking.reminder_due', 'b2', now() + interval '1 second')"
+            )
+        await wait_all_finished(db, 2)
+    rows = db.execute(
+        "SELECT subject_id, status, locked_at < expires_at FROM worker.events ORDER BY id"
+    ).fetchall()
+    assert rows == [("b1", "done", None), ("b2", "expired", True)]  # b2 claimed while still due
+    assert [e.subject_id for e in handler.handled] == ["b1"]
+
+
 async def test_two_workers_handle_each_event_exactly_once(db: psycopg.Connection, db_url: str) -> None:
     add_bookings(db, 400)
     first, second = ScriptedHandler(delay=0.001), ScriptedHandler(delay=0.001)
-    # Batches of 50: each worker holds at most 50 + 2 * 50 claims, so neither can take all 400.
+    # Batches of 50: each worker holds at most 8 + 2 * 50 unhandled claims (fast_settings' 8
+    # handlers), so neither takes all 400 at once.
     async with Running(db_url, first, claim_batch_size=50), Running(db_url, second, claim_batch_size=50):
         await wait_all_finished(db, 400)
     ids = [e.id for e in first.handled] + [e.id for e in second.handled]
@@ -394,7 +415,7 @@ async def test_stop_finishes_running_events_and_returns_unstarted_claims(
     add_bookings(db, 30)
     handler = ScriptedHandler(delay=0.3)
     async with Running(db_url, handler, worker_concurrency=1, claim_batch_size=10) as running:
-        await async_wait_until(lambda: _running(handler) and running.worker.inflight >= 20, timeout=10)
+        await async_wait_until(lambda: handler.running > 0 and running.worker.inflight >= 20, timeout=10)
         claimed = running.worker.inflight
     assert claimed == 20  # two batches ahead: one event running, nineteen waiting their turn
     counts = status_counts(db)
