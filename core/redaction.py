@@ -37,6 +37,12 @@ _ASSIGNED_SECRET = re.compile(
 _known_secrets: tuple[str, ...] = ()
 
 
+def error_first_line(exc: BaseException) -> str:
+    """An error's message without the lines after its first: a database error's DETAIL quotes
+    the refused row's values (names, addresses, message text). Its type's name if it has none."""
+    return str(exc).partition("\n")[0] or type(exc).__name__
+
+
 def register_secrets(values: Iterable[str]) -> None:
     """Remember the literal secret values to mask (short ones would mask ordinary words)."""
     global _known_secrets

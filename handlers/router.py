@@ -20,6 +20,7 @@ import psycopg
 import structlog
 
 from core.queries import load_queries
+from core.redaction import error_first_line
 from handlers.contract import Event, Outcome, PermanentDeliveryError, RecordDelivery, TransientDeliveryError
 from handlers.delivery import DeliveryScope, Dispatcher, Outgoing, install_dispatcher
 from handlers.models import Application, Booking, MessageContext, OtpCode, Person
@@ -290,7 +291,7 @@ async def _load(conn: psycopg.AsyncConnection[Any], events: Sequence[Event]) -> 
         rows = await cur.fetchall()
     except psycopg.DataError as exc:
         if len(events) == 1:
-            return {events[0].id: replace(NO_DATA, unreadable=str(exc).splitlines()[0])}
+            return {events[0].id: replace(NO_DATA, unreadable=error_first_line(exc))}
         half = len(events) // 2
         return await _load(conn, events[:half]) | await _load(conn, events[half:])
     return {row[0]: _event_data(row) for row in rows}

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import psycopg
 import structlog
 
-from core.redaction import mask_text
+from core.redaction import error_first_line, mask_text
 from handlers.circuit import CircuitBreaker
 from handlers.contract import PermanentDeliveryError, TransientDeliveryError
 from handlers.delivery import Message, Sent, Transport, masked_recipient
@@ -146,8 +146,8 @@ class InAppNotifications:
 
 
 def _database_error(exc: psycopg.Error) -> str:
-    """The error's first line only: a constraint's DETAIL would quote the row (names, messages)."""
-    return f"in_app: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    """The error's first line only (`error_first_line`), after its type."""
+    return f"in_app: {type(exc).__name__}: {error_first_line(exc)}"
 
 
 def build_transports(settings: Settings, pool: AsyncConnectionPool, insert_sql: str) -> dict[str, Transport]:

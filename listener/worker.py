@@ -51,6 +51,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from core.backoff import retry_delay
 from core.metrics import METRICS
+from core.redaction import error_first_line
 from core.settings import Settings
 from handlers.contract import (
     DeliveryRecord,
@@ -492,11 +493,11 @@ class Worker:
                 # a message that may be sent twice.
                 self._completions[:0] = batch
                 self._records[:0] = records
-                self._log.warning("worker.flush_failed", error=_first_line(exc), count=len(batch),
+                self._log.warning("worker.flush_failed", error=error_first_line(exc), count=len(batch),
                                   records=len(records))
                 return False
             # One row the database refuses must not hold up the others for ever.
-            self._log.error("worker.flush_rejected", error=_first_line(exc), count=len(batch),
+            self._log.error("worker.flush_rejected", error=error_first_line(exc), count=len(batch),
                             records=len(records))
             unwritten, unwritten_records = await self._write_one_by_one(batch, records)
             # /healthz keeps saying so until a write goes through whole: refused rows may be all
@@ -558,7 +559,7 @@ class Worker:
             except psycopg.Error as exc:
                 if not _refused_by_a_row(exc):
                     return completion, rows[position:]
-                error = f"ledger row not recordable: {_first_line(exc)}"
+                error = f"ledger row not recordable: {error_first_line(exc)}"
                 self._ledger_refused[event_id] = error
                 self._log.error("delivery.unrecordable", event_id=event_id, channel=record.channel,
                                 recipient_masked=masked_recipient(record.recipient),
@@ -572,7 +573,7 @@ class Worker:
         except psycopg.Error as exc:
             if not _refused_by_a_row(exc):
                 return completion, []
-            error = f"outcome not recordable: {_first_line(exc)}"
+            error = f"outcome not recordable: {error_first_line(exc)}"
         refused = Completion(completion.event, "failed", error=error)
         try:
             await self._write([refused], [])
@@ -581,7 +582,7 @@ class Worker:
                 return refused, []
             # Refused even as `failed` (a constraint on worker.events itself): left `processing`
             # under our id until another worker releases it after this one stops; logged.
-            self._log.error("event.unrecordable", event_id=refused.event.id, error=_first_line(exc))
+            self._log.error("event.unrecordable", event_id=refused.event.id, error=error_first_line(exc))
             return None, []
         self._log.error("event.failed", event_id=refused.event.id, kind=refused.event.kind, error=error)
         return None, []
@@ -727,13 +728,10 @@ def _count_written(batch: list[Completion]) -> None:
     """Count outcomes once the statement writing them went through, not when the handler ends:
     an outcome the flusher turns into `failed` (a ledger row or the outcome itself refused)
     counts once, as failed. (An outcome for an event no longer ours, released meanwhile by
-    another worker that took this one for dead, is counted though the statement skipped it.)
-    Never raises: it runs after the commit, on the flusher's path."""
+    another worker that took this one for dead, is counted though the statement skipped it.)"""
     tally = Counter((c.status, c.event.kind) for c in batch if not c.released)
     for (status, kind), count in tally.items():
-        series = _OUTCOME_SERIES.get(status)
-        if series is not None:
-            series.labels(kind=kind).inc(count)
+        _OUTCOME_SERIES[status].labels(kind=kind).inc(count)
 
 
 def _refused_by_a_row(exc: psycopg.Error) -> bool:
@@ -742,11 +740,6 @@ def _refused_by_a_row(exc: psycopg.Error) -> bool:
     return isinstance(exc, psycopg.errors.DataError | psycopg.errors.IntegrityError) or (
         exc.sqlstate == "21000"  # cardinality_violation: two rows of the batch for one ledger row
     )
-
-
-def _first_line(exc: psycopg.Error) -> str:
-    """An error's message without its DETAIL, which shows the refused row's values (addresses)."""
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _text(value: str | None) -> str | None:
